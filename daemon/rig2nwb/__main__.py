@@ -1,0 +1,3 @@
+from rig2nwb.cli import main
+
+raise SystemExit(main())

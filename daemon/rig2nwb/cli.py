@@ -1,0 +1,157 @@
+"""Command line: ``rig2nwb run | convert | status | check-config | demo``.
+
+Every command takes ``--config PATH`` (default ``./config.toml``). Errors are one clear line (or
+one list, for configuration problems), never a traceback; exit codes: 0 done, 1 the job could
+not be completed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rig2nwb import __version__
+from rig2nwb.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from rig2nwb.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="configuration file (default: ./config.toml)")
+    p = argparse.ArgumentParser(prog="rig2nwb", parents=[common], description=(
+        "Watch a two-photon rig's save folder and turn its TIFFs into NWB files."))
+    p.add_argument("--version", action="version", version=f"rig2nwb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon (until SIGTERM / Ctrl+C)")
+    c = sub.add_parser("convert", parents=[common],
+                       help="one-shot conversion of a finished session folder")
+    c.add_argument("session_folder", type=Path)
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = sub.add_parser("status", parents=[common], help="where every session stands")
+    s.add_argument("session", nargs="?", help="show one session's full history")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    k = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    k.add_argument("path", nargs="?", type=Path, help="config file (default: --config)")
+    d = sub.add_parser("demo", parents=[common],
+                       help="simulated rig feeding the daemon, ending with a finished NWB file")
+    d.add_argument("--files", type=int, default=3, help="TIFF files to write (default 3)")
+    d.add_argument("--frames-per-file", type=int, default=150, help="pages per TIFF (150)")
+    d.add_argument("--size", type=int, default=512, help="frame size in pixels (512)")
+    d.add_argument("--rate", type=float, default=30.0, help="frame rate in Hz (30)")
+    d.add_argument("--idle", type=float, default=5.0, help=(
+        "seconds without new TIFFs before the session counts as finished (demo only; "
+        "default 5, the config's completion.session_idle_seconds is for real rigs)"))
+    return p
+
+
+def _load(path: Path, *, check_paths: bool = True) -> Config:
+    return load_config(path, check_paths=check_paths)
+
+
+def _setup_logs(cfg: Config) -> None:
+    lc = cfg.logging
+    setup_logging(level=lc.level, fmt=lc.format, file=lc.file, max_bytes=lc.max_bytes,
+                  backups=lc.backups, rig=cfg.rig.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config_path: Path = getattr(args, "config", DEFAULT_CONFIG)
+    try:
+        return _dispatch(args, config_path)
+    except ConfigError as exc:
+        print(f"rig2nwb: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
+    cmd = args.command
+    if cmd == "check-config":
+        path = args.path or config_path
+        cfg = _load(path)
+        print(f"{path}: OK (rig {cfg.rig.name!r}, watching {cfg.rig.root}, "
+              f"writing to {cfg.output.folder})")
+        return 0
+    if cmd == "status":
+        from rig2nwb.status import collect, history, render_json, render_table
+
+        cfg = _load(config_path, check_paths=False)
+        if args.session:
+            record = history(cfg, args.session)
+            if record is None:
+                print(f"rig2nwb: no session {args.session!r} in the ledger", file=sys.stderr)
+                return 1
+            print(render_json([record]) if args.json else _history_text(record))
+            return 0
+        rows = collect(cfg)
+        print(render_json(rows) if args.json else render_table(rows))
+        return 0
+    if cmd == "demo":
+        return _demo(args, config_path)
+    cfg = _load(config_path)
+    _setup_logs(cfg)
+    if cmd == "run":
+        from rig2nwb.service import AlreadyRunning, Service
+
+        service = Service(cfg)
+        service.install_signal_handlers()
+        try:
+            return service.run()
+        except AlreadyRunning as exc:
+            print(f"rig2nwb: {exc}", file=sys.stderr)
+            return 1
+    if cmd == "convert":
+        from rig2nwb.convert import convert
+        from rig2nwb.service import AlreadyRunning
+
+        try:
+            result = convert(cfg, args.session_folder, progress=False if args.no_progress else None)
+        except (AlreadyRunning, ValueError) as exc:
+            print(f"rig2nwb: {exc}", file=sys.stderr)
+            return 1
+        print(("done: " if result.ok else "rig2nwb: incomplete: ") + result.message,
+              file=sys.stdout if result.ok else sys.stderr)
+        return 0 if result.ok else 1
+    raise AssertionError(cmd)  # pragma: no cover
+
+
+def _demo(args: argparse.Namespace, config_path: Path) -> int:
+    from rig2nwb.config import validate_config
+    from rig2nwb.demo import DemoOptions, run_demo
+    from rig2nwb.service import AlreadyRunning
+
+    # The demo creates the folders it writes to, so they need not exist yet.
+    cfg = _load(config_path, check_paths=False)
+    for folder in (cfg.rig.root, cfg.output.folder, cfg.state.folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    raw = cfg.model_dump(mode="json")
+    raw["completion"]["session_idle_seconds"] = args.idle
+    cfg = validate_config(raw, base=Path.cwd(), source=str(config_path))
+    _setup_logs(cfg)
+    opts = DemoOptions(files=args.files, frames_per_file=args.frames_per_file, size=args.size,
+                       rate=args.rate)
+    try:
+        return run_demo(cfg, opts)
+    except AlreadyRunning as exc:
+        print(f"rig2nwb: {exc}", file=sys.stderr)
+        return 1
+
+
+def _history_text(record: dict[str, object]) -> str:
+    lines = [f"{record['subject']}/{record['session']}: {record['state']}, "
+             f"{record['frames']} frames -> {record['nwb_path']}",
+             f"session start {record['start_time']} (from {record['start_source']})", "files:"]
+    for f in record["files"]:  # type: ignore[attr-defined]
+        lines.append(f"  {f['state']:<12} {f['frames'] or '':>6} frames  {f['path']}"
+                     + (f"  ({f['error']})" if f["error"] else ""))
+    lines.append("problems:")
+    for p in record["problems"] or [{"message": "none", "active": False, "since": ""}]:  # type: ignore[attr-defined]
+        lines.append(f"  {'ACTIVE ' if p['active'] else '       '}{p['since'] or ''} {p['message']}")
+    lines.append("history:")
+    for e in record["events"]:  # type: ignore[attr-defined]
+        lines.append(f"  {e['at']} [{e['stage']}] {e['message']}")
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Configuration: ``config.toml`` read with tomllib and validated as a whole.
+
+Every problem is reported at once, each with its location (``rig.root: path does not exist``), so a
+lab fixes its file in one go instead of one error per restart. Relative paths are resolved
+against the folder that holds the config file, so the same file works from any working folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rig2nwb.layout import PLACEHOLDER_NAMES, Pattern, check_pattern, placeholders
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every ``location: message``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RigConfig(_Section):
+    name: str = Field("rig1", min_length=1, description="rig name, bound to every log line")
+    root: Path = Field(description="the rig's save folder (read only for rig2nwb)")
+    frames: str = "{subject}/tif/{site}/{session}/*.tif"
+    scan_file: str = "{subject}/txt/{session}_scan.txt"
+    trial_file: str = "{subject}/txt/{session}_trial.txt"
+    end_marker: str = ""
+    subject: str = Field("", description="subject id when the frames pattern has no {subject}")
+
+
+class OutputConfig(_Section):
+    folder: Path
+    nwb_name: str = "sub-{subject}_ses-{session}.nwb"
+    compression: Literal["none", "gzip", "lzf", "blosc-lz4", "blosc-zstd"] = "blosc-lz4"
+    compression_level: int | None = Field(None, ge=0, le=9)
+    min_free_mb: int = Field(1024, ge=0)
+
+
+class StateConfig(_Section):
+    folder: Path
+
+
+class WatchConfig(_Section):
+    observer: Literal["auto", "native", "polling"] = "auto"
+    rescan_seconds: float = Field(30.0, gt=0)
+    polling_interval_seconds: float = Field(5.0, gt=0)
+
+
+Signal = Literal["next_file", "marker", "close_write", "stable"]
+ALL_SIGNALS: tuple[Signal, ...] = ("next_file", "marker", "close_write", "stable")
+
+
+class CompletionConfig(_Section):
+    signals: list[Signal] = Field(default_factory=lambda: list(ALL_SIGNALS), min_length=1)
+    settle_seconds: float = Field(5.0, ge=0)
+    session_idle_seconds: float = Field(300.0, gt=0)
+    require_lab_files: bool = True
+
+
+class AppendConfig(_Section):
+    batch_frames: int = Field(100, ge=1, le=10_000)
+    commit_every_frames: int = Field(1000, ge=1)
+    chunk_frames: int = Field(1, ge=1)
+
+
+class SessionConfig(_Section):
+    description: str = "Two-photon calcium imaging session"
+    experimenter: list[str] = Field(default_factory=list)
+    lab: str = ""
+    institution: str = ""
+    experiment_description: str = ""
+    timezone: str = "UTC"
+
+
+class SubjectConfig(_Section):
+    species: str = "Mus musculus"
+    sex: Literal["M", "F", "U", "O"] = "U"
+    age: str = ""
+    genotype: str = ""
+    strain: str = ""
+    description: str = ""
+
+
+class DeviceConfig(_Section):
+    name: str = "Microscope"
+    description: str = "Two-photon microscope"
+    manufacturer: str = "Sutter Instrument"
+    model: str = "Movable Objective Microscope (MOM)"
+
+
+class ImagingConfig(_Section):
+    frame_rate: float = Field(30.0, gt=0, description="nominal frame rate until onsets are known")
+    excitation_lambda: float = Field(920.0, gt=0)
+    emission_lambda: float = Field(510.0, gt=0)
+    indicator: str = "GCaMP6s"
+    location: str = "VISp"
+    plane_description: str = "Imaging plane"
+    channel_description: str = "Green (GCaMP) emission"
+    grid_spacing_um: list[float] | None = Field(None, min_length=2, max_length=2)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: Path | None = None
+    max_bytes: int = Field(10_000_000, gt=0)
+    backups: int = Field(5, ge=0)
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    rig: RigConfig
+    output: OutputConfig
+    state: StateConfig
+    watch: WatchConfig = WatchConfig()
+    completion: CompletionConfig = CompletionConfig()
+    append: AppendConfig = AppendConfig()
+    session: SessionConfig = SessionConfig()
+    subject: SubjectConfig = SubjectConfig()
+    device: DeviceConfig = DeviceConfig()
+    imaging: ImagingConfig = ImagingConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    # Compiled patterns, built once: every scan matches thousands of paths against them.
+    @property
+    def frames_pattern(self) -> Pattern:
+        return _compiled(self.rig.frames)
+
+    def pattern(self, text: str) -> Pattern:
+        return _compiled(text)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.session.timezone)
+
+
+_PATTERN_CACHE: dict[str, Pattern] = {}
+
+
+def _compiled(text: str) -> Pattern:
+    pat = _PATTERN_CACHE.get(text)
+    if pat is None:
+        pat = _PATTERN_CACHE[text] = Pattern.compile(text)
+    return pat
+
+
+_FRIENDLY = {
+    "missing": "missing required key",
+    "extra_forbidden": "unknown key (check the spelling; see config.toml for the keys)",
+}
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG, *, check_paths: bool = True) -> Config:
+    """Read and validate a config file, raising ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return validate_config(raw, base=path.resolve().parent, source=str(path), check_paths=check_paths)
+
+
+def validate_config(
+    raw: dict[str, Any], *, base: Path, source: str = "config", check_paths: bool = True
+) -> Config:
+    """Validate a parsed config; relative paths are taken relative to ``base``."""
+    raw = _resolve_paths(raw, base)
+    problems: list[str] = []
+    cfg: Config | None = None
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{loc}: {_FRIENDLY.get(err['type'], err['msg'])}")
+    problems += _semantic_problems(raw, check_paths=check_paths)
+    if problems or cfg is None:
+        raise ConfigError(source, sorted(set(problems)))
+    return cfg
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, key in (("rig", "root"), ("output", "folder"), ("state", "folder"), ("logging", "file")):
+        sec = out.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            p = Path(os.path.expandvars(os.path.expanduser(sec[key])))
+            sec[key] = str(p if p.is_absolute() else base / p)
+    return out
+
+
+def _get(raw: dict[str, Any], section: str, key: str) -> Any:
+    sec = raw.get(section)
+    return sec.get(key) if isinstance(sec, dict) else None
+
+
+def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
+    """Checks pydantic cannot express per field: paths on disk, pattern placeholders, timezone."""
+    problems: list[str] = []
+    if check_paths:
+        for section, key, must_exist in (("rig", "root", True), ("output", "folder", True),
+                                         ("state", "folder", False)):
+            value = _get(raw, section, key)
+            if isinstance(value, str) and value:
+                problems += [f"{section}.{key}: {m}" for m in _path_problems(Path(value), must_exist)]
+
+    frames = _get(raw, "rig", "frames")
+    frames = frames if isinstance(frames, str) else RigConfig.model_fields["frames"].default
+    frame_problems = check_pattern(frames, required={"session"})
+    problems += [f"rig.frames: {m}" for m in frame_problems]
+    frame_names = placeholders(frames) if not frame_problems else set()
+    if frame_names and "subject" not in frame_names and not _get(raw, "rig", "subject"):
+        problems.append(
+            "rig.subject: required when rig.frames has no {subject} placeholder "
+            "(the subject id used for every session)"
+        )
+    # Other patterns may only use what the frames pattern defines (plus the configured subject).
+    available = frame_names | {"subject"} if frame_names else set(PLACEHOLDER_NAMES)
+    for key in ("scan_file", "trial_file", "end_marker"):
+        value = _get(raw, "rig", key)
+        if value is None:
+            value = RigConfig.model_fields[key].default
+        if isinstance(value, str) and value:
+            problems += [
+                f"rig.{key}: {m}"
+                for m in check_pattern(value, required={"session"}, allowed=available)
+            ]
+    nwb_name = _get(raw, "output", "nwb_name")
+    nwb_name = nwb_name if isinstance(nwb_name, str) else OutputConfig.model_fields["nwb_name"].default
+    for msg in check_pattern(nwb_name, required={"subject", "session"}, allowed=available):
+        problems.append(f"output.nwb_name: {msg}")
+    if "/" in nwb_name or any(c in nwb_name for c in "*?["):
+        problems.append("output.nwb_name: must be a plain file name (no folders, no wildcards)")
+    elif not nwb_name.endswith(".nwb"):
+        problems.append("output.nwb_name: must end with .nwb")
+
+    tzname = _get(raw, "session", "timezone")
+    if isinstance(tzname, str):
+        try:
+            ZoneInfo(tzname)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"session.timezone: unknown time zone {tzname!r} (e.g. 'Europe/Berlin')")
+    batch = _get(raw, "append", "batch_frames")
+    commit = _get(raw, "append", "commit_every_frames")
+    if isinstance(batch, int) and isinstance(commit, int) and commit < batch:
+        problems.append("append.commit_every_frames: must be >= append.batch_frames")
+    return problems
+
+
+def _path_problems(path: Path, must_exist: bool) -> list[str]:
+    if path.exists():
+        if not path.is_dir():
+            return [f"not a folder: {path}"]
+        return []
+    if must_exist:
+        return [f"path does not exist: {path}"]
+    if not path.parent.is_dir():
+        return [f"cannot be created, its parent folder does not exist: {path}"]
+    return []

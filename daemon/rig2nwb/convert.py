@@ -1,0 +1,98 @@
+"""One-shot backfill of a finished session through the same engine the daemon uses."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from rig2nwb.config import Config
+from rig2nwb.engine import Engine
+from rig2nwb.ledger import Ledger
+from rig2nwb.logs import get_logger
+from rig2nwb.service import ledger_path, lock_state
+from rig2nwb.tiffs import TiffProblem, inspect_tiff
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    ok: bool
+    message: str
+    nwb_paths: list[str]
+
+
+def resolve_session_folder(cfg: Config, folder: Path) -> Path:
+    """Accept a folder given absolute, relative to the working folder, or relative to rig.root."""
+    for candidate in (folder, cfg.rig.root / folder):
+        if candidate.is_dir():
+            resolved = candidate.resolve()
+            try:
+                resolved.relative_to(cfg.rig.root.resolve())
+            except ValueError:
+                raise ValueError(f"{folder} is not inside rig.root ({cfg.rig.root}); "
+                                 "patterns are matched relative to rig.root") from None
+            return resolved
+    raise ValueError(f"{folder}: no such folder")
+
+
+def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> ConvertResult:
+    log = get_logger("rig2nwb.convert")
+    scope = resolve_session_folder(cfg, folder)
+    lock = lock_state(cfg)
+    ledger = Ledger(ledger_path(cfg))
+    bar = None
+    try:
+        engine = Engine(cfg, ledger, convert_scope=scope)
+        engine.recover()
+        engine.full_scan()
+        if not engine.tiffs:
+            return ConvertResult(False, f"no TIFFs under {scope} match rig.frames "
+                                 f"({cfg.rig.frames})", [])
+        total = _pending_frames(engine, ledger)
+        use_bar = sys.stderr.isatty() if progress is None else progress
+        if use_bar and total:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="frame", desc="converting", file=sys.stderr)
+            engine.on_frames = bar.update
+        while engine.step():
+            pass
+        engine.close()
+        keys = {o.key for o in engine.tiffs.values()}
+        sessions = [s for s in ledger.sessions() if (s.subject, s.session) in keys]
+        failed: list[str] = []
+        for s in sessions:
+            for r in ledger.files(s.id):
+                if r.path in engine.tiffs and r.state != "committed":
+                    failed.append(f"{PurePosixPath(r.path).name}: {r.error or r.state}")
+        paths = [s.nwb_path for s in sessions if s.nwb_created]
+        frames = sum(ledger.frames_committed(s.id) for s in sessions)
+        if failed:
+            log.error("convert incomplete", stage="convert", failed=len(failed))
+            more = f" (and {len(failed) - 1} more; see rig2nwb status)" if len(failed) > 1 else ""
+            return ConvertResult(False, f"{len(failed)} of {len(engine.tiffs)} TIFF(s) not "
+                                 f"appended: {failed[0]}{more}", paths)
+        log.info("convert done", stage="convert", frames=frames, nwb=paths)
+        return ConvertResult(True, f"{frames} frames in {', '.join(paths)}", paths)
+    finally:
+        if bar is not None:
+            bar.close()
+        ledger.close()
+        lock.release()
+
+
+def _pending_frames(engine: Engine, ledger: Ledger) -> int:
+    """Frames still to append (inspecting now; the engine reuses these inspections)."""
+    total = 0
+    for rel, obs in sorted(engine.tiffs.items()):
+        row = ledger.file(rel)
+        if row is not None and row.state == "committed" and (row.size, row.mtime_ns) == (
+                obs.size, obs.mtime_ns):
+            continue
+        try:
+            info = inspect_tiff(engine.root / rel)
+        except TiffProblem as exc:
+            engine.inspected[rel] = (obs.size, obs.mtime_ns, exc)
+            continue
+        engine.inspected[rel] = (obs.size, obs.mtime_ns, info)
+        total += info.pages - (row.frames_committed if row and row.state == "appending" else 0)
+    return total

@@ -1,0 +1,736 @@
+"""The engine: gathers facts, asks the planner, and carries out its actions.
+
+All NWB writing happens here, on one thread (the service's worker, or the ``convert`` command).
+The ledger is updated only after the NWB file has been flushed and fsynced, so the ledger never
+claims a frame the disk does not hold; anything the file holds beyond the ledger is trimmed when
+the file is next opened, and re-appended from the TIFFs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from rig2nwb.config import Config
+from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
+from rig2nwb.ledger import FileRow, Ledger, SessionRow
+from rig2nwb.logs import get_logger
+from rig2nwb.nwbwriter import NewFile, NwbDamaged, SeriesAppender, create_nwb, new_identifier
+from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
+from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
+
+Key = tuple[str, str]  # (subject, session)
+TAIL_CHECK_FRAMES = 8
+TRANSIENT_CODES = frozenset({"unreadable", "io_error", "vanished"})
+WRITER_IDLE_CLOSE_SECONDS = 15.0
+
+
+@dataclass
+class Obs:
+    """What the watcher knows about one TIFF in the rig folder."""
+
+    rel: str
+    key: Key
+    site: str
+    position: RunPosition
+    size: int
+    mtime_ns: int
+    changed_at: float  # monotonic time of the last observed size/mtime change
+    closed: bool = False
+
+
+@dataclass
+class LabFiles:
+    scan: bool = False
+    trial: bool = False
+    marker: bool = False
+
+
+@dataclass
+class _Writer:
+    appender: SeriesAppender
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Stopped(Exception):
+    """The engine was asked to stop in the middle of an append (its progress is committed)."""
+
+
+class Engine:
+    def __init__(self, cfg: Config, ledger: Ledger, *, convert_scope: Path | None = None,
+                 on_frames: Callable[[int], None] | None = None) -> None:
+        self.cfg = cfg
+        self.ledger = ledger
+        self.root = cfg.rig.root
+        self.frames_pat = cfg.frames_pattern
+        self.lab_pats: list[tuple[str, Pattern]] = [
+            (kind, cfg.pattern(text))
+            for kind, text in (("scan", cfg.rig.scan_file), ("trial", cfg.rig.trial_file),
+                               ("marker", cfg.rig.end_marker))
+            if text
+        ]
+        self.convert_scope = convert_scope
+        self.rules = Rules(
+            signals=frozenset(cfg.completion.signals),
+            settle_seconds=cfg.completion.settle_seconds,
+            session_idle_seconds=cfg.completion.session_idle_seconds,
+            require_lab_files=cfg.completion.require_lab_files and bool(
+                cfg.rig.scan_file or cfg.rig.trial_file),
+            gap_wait_seconds=max(60.0, 2 * cfg.completion.settle_seconds),
+            convert=convert_scope is not None,
+        )
+        self.on_frames = on_frames
+        self.tiffs: dict[str, Obs] = {}
+        self.lab: dict[Key, LabFiles] = {}
+        self.inspected: dict[str, tuple[int, int, TiffInfo | TiffProblem]] = {}
+        self.writers: dict[int, _Writer] = {}
+        self.dirty: set[Key] = set()
+        self.changed: set[str] = set()  # TIFFs new or changed since the last step
+        self.root_ok = True
+        self.stop_event = threading.Event()
+        self.log = get_logger("rig2nwb.engine")
+
+    # --- observing the rig folder ------------------------------------------------------------
+
+    def full_scan(self) -> None:
+        """Walk the rig folder and reconcile what is there with what we knew."""
+        if not self.root.is_dir():
+            if self.root_ok:
+                self.log.warning("rig folder not reachable; waiting for it to return",
+                                 stage="watch", path=str(self.root))
+                self.ledger.report_problem(None, "rig_unreachable",
+                                           f"rig folder not reachable: {self.root}")
+            self.root_ok = False
+            return  # never take an unmounted share for deleted files
+        if not self.root_ok:
+            self.log.info("rig folder reachable again", stage="watch", path=str(self.root))
+            self.ledger.clear_problem(None, "rig_unreachable")
+            self.root_ok = True
+        start = self.convert_scope or self.root
+        seen: set[str] = set()
+        lab: dict[Key, LabFiles] = {}
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            dirnames.sort()
+            for name in filenames:
+                full = Path(dirpath, name)
+                rel = full.relative_to(self.root).as_posix()
+                kind = self._classify(rel, full, lab)
+                if kind == "tiff":
+                    seen.add(rel)
+        for rel in [r for r in self.tiffs if r not in seen]:
+            self._forget(rel)
+        for key in set(lab) | set(self.lab):
+            if lab.get(key, LabFiles()) != self.lab.get(key, LabFiles()):
+                self.dirty.add(key)
+        self.lab = lab
+
+    def observe(self, path: Path, kind: str) -> None:
+        """Handle one watcher event (created, modified, closed, deleted, moved)."""
+        try:
+            rel = path.relative_to(self.root).as_posix()
+        except ValueError:
+            return
+        if kind == "deleted":
+            if rel in self.tiffs:
+                self._forget(rel)
+            return
+        lab = dict(self.lab)
+        if self._classify(rel, path, lab, closed=(kind == "closed")) == "lab":
+            for key in set(lab) - set(self.lab):
+                self.dirty.add(key)
+            for key, v in lab.items():
+                if self.lab.get(key) != v:
+                    self.dirty.add(key)
+            self.lab = lab
+
+    def _classify(self, rel: str, full: Path, lab: dict[Key, LabFiles], *,
+                  closed: bool = False) -> str | None:
+        values = self.frames_pat.match(rel)
+        if values is not None:
+            if not self._inside_root(full):
+                return None
+            self._update_tiff(rel, full, values, closed)
+            return "tiff"
+        for kind, pat in self.lab_pats:
+            v = pat.match(rel)
+            if v is not None and full.is_file():
+                key = (v.get("subject") or self.cfg.rig.subject, v["session"])
+                entry = lab.setdefault(key, LabFiles())
+                lab[key] = LabFiles(**{**entry.__dict__, kind: True})
+                return "lab"
+        return None
+
+    def _inside_root(self, full: Path) -> bool:
+        # A symlink in the rig folder that points elsewhere is not the rig's data.
+        if not full.is_symlink():
+            return True
+        try:
+            full.resolve().relative_to(self.root.resolve())
+            return True
+        except (ValueError, OSError):
+            return False
+
+    def _update_tiff(self, rel: str, full: Path, values: dict[str, str], closed: bool) -> None:
+        try:
+            st = full.stat()
+        except OSError:
+            if rel in self.tiffs:
+                self._forget(rel)
+            return
+        key = (values.get("subject") or self.cfg.rig.subject, values["session"])
+        old = self.tiffs.get(rel)
+        now = time.monotonic()
+        if old is None:
+            self.tiffs[rel] = Obs(rel, key, values.get("site", ""), run_position(rel), st.st_size,
+                                  st.st_mtime_ns, now, closed)
+            self.dirty.add(key)
+            self.changed.add(rel)
+        elif (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            old.size, old.mtime_ns, old.changed_at, old.closed = (
+                st.st_size, st.st_mtime_ns, now, closed)
+            self.dirty.add(key)
+            self.changed.add(rel)
+        elif closed and not old.closed:
+            old.closed = True
+            self.dirty.add(key)
+
+    def _forget(self, rel: str) -> None:
+        obs = self.tiffs.pop(rel, None)
+        self.inspected.pop(rel, None)
+        if obs is not None:
+            self.dirty.add(obs.key)
+
+    def restat_pending(self) -> None:
+        """Stat the files the planner is waiting on: completion by 'stable' needs fresh facts
+        even where no event arrives (network shares)."""
+        for rel in self.ledger.unresolved_paths():
+            obs = self.tiffs.get(rel)
+            values = self.frames_pat.match(rel)
+            if obs is not None and values is not None:
+                self._update_tiff(rel, self.root / rel, values, closed=False)
+
+    # --- planning and acting -----------------------------------------------------------------
+
+    def recover(self) -> None:
+        """At start-up: open every unfinished session's NWB file and repair it to the ledger."""
+        for sess in self.ledger.sessions():
+            if sess.state != "finished" and sess.nwb_created:
+                try:
+                    self._writer(sess)
+                except (NwbBusy, OSError) as exc:
+                    self.log.warning("could not check NWB file at start-up; will retry",
+                                     stage="recover", session=sess.session, error=str(exc))
+            self.dirty.add((sess.subject, sess.session))
+
+    def step(self) -> int:
+        """Plan and act once for every session that may have something to do.
+
+        Returns how many actions changed something (0 means idle)."""
+        changed, self.changed = self.changed, set()
+        for rel in sorted(changed):
+            if rel in self.tiffs:
+                self._ensure_ledger_file(self.tiffs[rel])
+        done = 0
+        for key in self._active_keys():
+            if self.stop_event.is_set():
+                break
+            done += self._step_session(key)
+        self._close_idle_writers()
+        return done
+
+    def _active_keys(self) -> list[Key]:
+        keys = set(self.dirty)
+        self.dirty.clear()
+        for sess in self.ledger.sessions():
+            if sess.state != "finished":
+                keys.add((sess.subject, sess.session))
+        if self.convert_scope is not None:
+            keys = {k for k in keys if any(o.key == k for o in self.tiffs.values())}
+        return sorted(keys)
+
+    def _ensure_ledger_file(self, obs: Obs) -> None:
+        row = self.ledger.file(obs.rel)
+        if row is not None:
+            if row.state == "failed" and (row.size, row.mtime_ns) != (obs.size, obs.mtime_ns):
+                # The file changed since it failed (e.g. it was still being written): retry.
+                self.ledger.update_file(row.id, state="waiting", error=None)
+                self._clear_file_problems(row.session_id, obs.rel)
+            elif row.state == "vanished":
+                self.ledger.update_file(row.id, state="waiting", error=None)
+                self.ledger.clear_problem(row.session_id, "vanished", obs.rel)
+            return
+        sess = self._session_row(obs.key, obs.site)
+        if sess is None:
+            return
+        self.ledger.add_file(sess.id, obs.rel, obs.size, obs.mtime_ns)
+
+    def _session_row(self, key: Key, site: str) -> SessionRow | None:
+        sess = self.ledger.session(*key)
+        if sess is not None:
+            return sess
+        subject, session = key
+        if not (is_safe_name(subject) and is_safe_name(session)):
+            self.log.error("unsafe subject/session name; session ignored", stage="watch",
+                           subject=subject, session=session)
+            self.ledger.report_problem(None, "unsafe_name",
+                                       f"subject {subject!r} / session {session!r}: unsafe name")
+            return None
+        nwb_path = self.cfg.output.folder / self.cfg.output.nwb_name.format(
+            subject=subject, session=session, site=site)
+        if nwb_path.resolve().parent != self.cfg.output.folder.resolve():
+            self.ledger.report_problem(None, "unsafe_name",
+                                       f"{nwb_path.name}: would leave the output folder")
+            return None
+        sess = self.ledger.ensure_session(subject, session, site, str(nwb_path))
+        self.ledger.add_event(sess.id, "watch", "session seen")
+        self.log.info("new session", stage="watch", subject=subject, session=session)
+        return sess
+
+    def _facts(self, sess: SessionRow) -> SessionFacts:
+        key = (sess.subject, sess.session)
+        rows = {r.path: r for r in self.ledger.files(sess.id)}
+        now_m, now_w = time.monotonic(), time.time()
+        facts: list[FileFacts] = []
+        newest = 0
+        for rel, row in rows.items():
+            obs = self.tiffs.get(rel)
+            if self.convert_scope is not None and obs is None and row.state not in (
+                    "committed", "appending"):
+                continue  # convert looks only at its folder
+            present = obs is not None
+            parsed: Parsed = "unknown"
+            if obs is not None:
+                newest = max(newest, obs.mtime_ns)
+                cached = self.inspected.get(rel)
+                if cached is not None and cached[:2] == (obs.size, obs.mtime_ns):
+                    parsed = "bad" if isinstance(cached[2], TiffProblem) else "ok"
+            facts.append(FileFacts(
+                path=rel,
+                position=obs.position if obs else run_position(rel),
+                present=present,
+                quiet_for=(now_m - obs.changed_at) if obs else 0.0,
+                closed=obs.closed if obs else False,
+                parsed=parsed,
+                state=row.state,
+            ))
+        lab = self.lab.get(key, LabFiles())
+        need = [k for k, pat in (("scan", self.cfg.rig.scan_file),
+                                  ("trial", self.cfg.rig.trial_file)) if pat]
+        return SessionFacts(
+            files=facts,
+            marker=lab.marker,
+            lab_files_present=all(getattr(lab, k) for k in need),
+            idle_for=(now_w - newest / 1e9) if newest else 0.0,
+            finished=sess.state == "finished",
+        )
+
+    def _step_session(self, key: Key) -> int:
+        sess = self.ledger.session(*key)
+        if sess is None:
+            return 0
+        if sess.state == "paused" and not self._space_ok(sess, 0):
+            return 0
+        actions = plan_session(self._facts(sess), self.rules)
+        changed = 0
+        for action in actions:
+            if self.stop_event.is_set():
+                break
+            changed += self._act(sess, action)
+            sess = self.ledger.session_by_id(sess.id)
+        if changed:
+            self.dirty.add(key)  # something moved: plan this session again next step
+        return changed
+
+    def _act(self, sess: SessionRow, action: Action) -> int:
+        log = self.log.bind(subject=sess.subject, session=sess.session)
+        row = self.ledger.file(action.path) if action.path else None
+        match action.kind:
+            case "wait":
+                return 0
+            case "inspect":
+                obs = self.tiffs[action.path]
+                try:
+                    result: TiffInfo | TiffProblem = inspect_tiff(self.root / action.path)
+                except TiffProblem as exc:
+                    result = exc
+                self.inspected[action.path] = (obs.size, obs.mtime_ns, result)
+                return 1
+            case "fail":
+                assert row is not None
+                problem = self.inspected[action.path][2]
+                assert isinstance(problem, TiffProblem)
+                self._fail_file(sess, row, problem, log)
+                return 1
+            case "vanished":
+                assert row is not None
+                self.ledger.update_file(row.id, state="vanished",
+                                        error="deleted before it was appended")
+                self._problem(sess, "vanished", f"{PurePosixPath(row.path).name}: deleted before "
+                              "it was appended", row.path, log)
+                return 1
+            case "out_of_order":
+                assert row is not None
+                self.ledger.update_file(row.id, state="out_of_order", error=action.reason)
+                self._problem(sess, "out_of_order",
+                              f"{PurePosixPath(row.path).name}: {action.reason}", row.path, log)
+                return 1
+            case "append":
+                assert row is not None
+                return self._append(sess, row, log)
+            case "finalize":
+                self._finalize(sess, log)
+                return 1
+        return 0  # pragma: no cover
+
+    # --- appending ---------------------------------------------------------------------------
+
+    def _append(self, sess: SessionRow, row: FileRow, log: Any) -> int:
+        info = self.inspected.get(row.path, (0, 0, None))[2]
+        if row.state == "appending" and not isinstance(info, TiffInfo):
+            # Resuming a partly appended file after a restart: inspect it first.
+            try:
+                info = inspect_tiff(self.root / row.path)
+            except TiffProblem as exc:
+                self._fail_file(sess, row, exc, log)
+                return 1
+        assert isinstance(info, TiffInfo)
+        name = PurePosixPath(row.path).name
+        log = log.bind(stage="append", file=row.path)
+        if sess.site and self.tiffs[row.path].site != sess.site:
+            self._fail_file(sess, row, TiffProblem(
+                "wrong_site", f"{name}: in site {self.tiffs[row.path].site!r} but session "
+                f"{sess.session!r} was started in site {sess.site!r}"), log)
+            return 1
+        if sess.frame_shape is not None and (
+                sess.frame_shape != _shape_text(info.shape) or sess.dtype != info.dtype):
+            self._fail_file(sess, row, TiffProblem(
+                "shape_mismatch", f"{name}: frames are {info.shape[0]}x{info.shape[1]} "
+                f"{info.dtype}, the session's series is {sess.frame_shape} {sess.dtype}"), log)
+            return 1
+        frame_bytes = info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize
+        if not self._space_ok(sess, frame_bytes * (info.pages - row.frames_committed), log):
+            return 0
+        try:
+            if not sess.nwb_created:
+                sess = self._create(sess, row, info, log)
+            writer = self._writer(sess)
+        except NwbBusy as exc:
+            self._problem(sess, "nwb_locked", str(exc), "", log)
+            return 0
+        except NwbRebuilt:
+            return 1  # the ledger was reset: plan the session again from its first file
+        except OSError as exc:
+            return self._output_error(sess, exc, log)
+        self.ledger.clear_problem(sess.id, "nwb_locked")
+        self.ledger.clear_problem(sess.id, "output_error")
+        row = self.ledger.file(row.path) or row  # _writer may have rolled this file back
+        try:
+            self._stream(sess, row, info, writer, log)
+        except TiffProblem as exc:
+            self._drop_writer(sess.id, sync=True)
+            self._fail_file(sess, row, exc, log)
+            return 1
+        except Stopped:
+            return 1
+        except OSError as exc:
+            self._drop_writer(sess.id, sync=False)
+            return self._output_error(sess, exc, log)
+        return 1
+
+    def _stream(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
+                log: Any) -> None:
+        committed = self.ledger.frames_committed(sess.id)
+        done = row.frames_committed if row.state == "appending" else 0
+        first = committed - done  # series index of this file's first page
+        rate = self.cfg.imaging.frame_rate
+        batch, every = self.cfg.append.batch_frames, self.cfg.append.commit_every_frames
+        t0 = time.monotonic()
+        since_commit = 0
+        pos = done
+        src = self.root / row.path
+        for frames in read_batches(src, done, info.pages, batch):
+            n = frames.shape[0]
+            idx = np.arange(first + pos, first + pos + n, dtype="f8")
+            writer.write(first + pos, frames, idx / rate)
+            writer.flush()
+            pos += n
+            since_commit += n
+            if self.on_frames:
+                self.on_frames(n)
+            stopping = self.stop_event.is_set()
+            if (since_commit >= every or stopping) and pos < info.pages:
+                writer.sync()
+                self.ledger.commit_frames(
+                    sess.id, row.id, file_frames_committed=pos, file_state="appending",
+                    series_frames=first + pos, size=info.size, mtime_ns=info.mtime_ns,
+                    frames=info.pages, first_frame=first)
+                since_commit = 0
+                if stopping:
+                    log.info("stopping: partial file committed", frames_committed=pos,
+                             frames_in_file=info.pages)
+                    raise Stopped()
+        # The file must not have changed while we read it: a writer that paused longer than
+        # the settle period would otherwise be appended half-written.
+        st = src.stat()
+        if (st.st_size, st.st_mtime_ns) != (info.size, info.mtime_ns):
+            writer.trim(committed if done == 0 else first + done)
+            writer.sync()
+            self.inspected.pop(row.path, None)
+            self.tiffs[row.path].changed_at = time.monotonic()
+            log.warning("file changed while it was being appended; rolled back, will retry "
+                        "when it is complete (consider a longer completion.settle_seconds)")
+            return
+        writer.sync()
+        self.ledger.commit_frames(
+            sess.id, row.id, file_frames_committed=info.pages, file_state="committed",
+            series_frames=first + info.pages, size=info.size, mtime_ns=info.mtime_ns,
+            frames=info.pages, first_frame=first)
+        self._clear_file_problems(sess.id, row.path)
+        dt = time.monotonic() - t0
+        mb = (info.pages - done) * info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize / 1e6
+        if sess.state != "acquiring":
+            self.ledger.update_session(sess.id, state="acquiring")
+        log.info("tiff appended", frames=info.pages - done, first_frame=first,
+                 series_frames=first + info.pages, seconds=round(dt, 3),
+                 mb_per_s=round(mb / dt, 1) if dt > 0 else None)
+        self.ledger.add_event(sess.id, "append", f"{row.path}: {info.pages - done} frames "
+                              f"appended at frame {first}")
+
+    def _create(self, sess: SessionRow, row: FileRow, info: TiffInfo, log: Any) -> SessionRow:
+        start, source = self._start_time(row, info)
+        ident = new_identifier()
+        spec = NewFile(Path(sess.nwb_path), ident, sess.subject, sess.session, start, source,
+                       info.shape, info.dtype)
+        create_nwb(self.cfg, spec)
+        self.ledger.update_session(
+            sess.id, nwb_created=1, identifier=ident, start_time=start.isoformat(),
+            start_source=source, frame_shape=_shape_text(info.shape), dtype=info.dtype,
+            state="acquiring", site=self.tiffs[row.path].site)
+        self.ledger.add_event(sess.id, "create", f"NWB file created: {sess.nwb_path}")
+        log.info("nwb created", stage="create", nwb=sess.nwb_path, start_time=start.isoformat(),
+                 start_source=source)
+        return self.ledger.session_by_id(sess.id)
+
+    def _start_time(self, row: FileRow, info: TiffInfo) -> tuple[datetime, str]:
+        """Session start from the data, never 'now': the TIFF's DateTime tag, else its mtime
+        minus the duration of its frames at the nominal rate."""
+        tz = self.cfg.tz
+        name = PurePosixPath(row.path).name
+        if info.datetime_tag is not None:
+            return info.datetime_tag.replace(tzinfo=tz), f"the DateTime tag of {name}"
+        end = datetime.fromtimestamp(info.mtime_ns / 1e9, tz=tz)
+        start = end - timedelta(seconds=info.pages / self.cfg.imaging.frame_rate)
+        return start.replace(microsecond=0), (
+            f"the modification time of {name} minus {info.pages} frames at "
+            f"{self.cfg.imaging.frame_rate:g} Hz")
+
+    def _writer(self, sess: SessionRow) -> SeriesAppender:
+        """The open appender of a session, opening and repairing the file on first use."""
+        w = self.writers.get(sess.id)
+        if w is not None:
+            w.last_used = time.monotonic()
+            return w.appender
+        path = Path(sess.nwb_path)
+        log = self.log.bind(subject=sess.subject, session=sess.session, stage="recover")
+        try:
+            appender = SeriesAppender(path)
+        except FileNotFoundError:
+            return self._rebuild(sess, "the NWB file is missing", log)
+        except NwbDamaged as exc:
+            return self._rebuild(sess, str(exc), log)
+        except OSError as exc:
+            raise NwbBusy(f"{path.name}: locked by another program ({exc}); will retry") from exc
+        committed = self.ledger.frames_committed(sess.id)
+        n_data, n_ts = appender.lengths()
+        if min(n_data, n_ts) < committed:
+            # The disk lost frames the ledger counted (should not happen with fsync): take the
+            # file's word, roll the ledger back and append those frames again.
+            log.warning("NWB file shorter than the ledger; re-appending from the TIFFs",
+                        ledger_frames=committed, data_frames=n_data, timestamp_frames=n_ts)
+            committed = min(n_data, n_ts)
+            self.ledger.roll_back(sess.id, committed)
+        if (n_data, n_ts) != (committed, committed):
+            appender.trim(committed)
+            appender.sync()
+            log.info("trimmed uncommitted tail", ledger_frames=committed, data_frames=n_data,
+                     timestamp_frames=n_ts)
+            self.ledger.add_event(sess.id, "recover", f"trimmed NWB tail from {n_data} data / "
+                                  f"{n_ts} timestamp rows to the {committed} committed frames")
+        committed = self._check_tail(sess, appender, committed, log)
+        self.writers[sess.id] = _Writer(appender)
+        return appender
+
+    def _check_tail(self, sess: SessionRow, appender: SeriesAppender, committed: int,
+                    log: Any) -> int:
+        """Compare the last committed frames with their source TIFF; roll back on mismatch."""
+        if committed == 0:
+            return 0
+        rows = [r for r in self.ledger.files(sess.id) if r.first_frame is not None
+                and r.state in ("committed", "appending") and r.frames_committed > 0]
+        if not rows:
+            return committed
+        last = max(rows, key=lambda r: r.first_frame or 0)
+        assert last.first_frame is not None
+        k = min(TAIL_CHECK_FRAMES, last.frames_committed)
+        start_in_file = last.frames_committed - k
+        try:
+            src = next(read_batches(self.root / last.path, start_in_file, last.frames_committed, k))
+        except (TiffProblem, StopIteration) as exc:
+            log.warning("cannot check the NWB tail against its TIFF", file=last.path,
+                        error=str(exc))
+            return committed
+        stored = appender.read(last.first_frame + start_in_file, last.first_frame +
+                               last.frames_committed)
+        if stored.shape == src.shape and np.array_equal(stored, src):
+            return committed
+        log.warning("NWB tail differs from its TIFF; re-appending that file", file=last.path)
+        self.ledger.roll_back(sess.id, last.first_frame)
+        appender.trim(last.first_frame)
+        appender.sync()
+        return last.first_frame
+
+    def _rebuild(self, sess: SessionRow, why: str, log: Any) -> SeriesAppender:
+        path = Path(sess.nwb_path)
+        if path.exists():
+            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            os.replace(path, aside)
+            why += f" (kept as {aside.name})"
+        log.error("NWB file unusable; rebuilding it from the TIFFs", reason=why)
+        self._problem(sess, "nwb_rebuilt", f"{path.name}: {why}; rebuilt from the TIFFs", "", log)
+        self.ledger.reset_session(sess.id)
+        for r in self.ledger.files(sess.id):
+            if r.state in ("committed", "appending"):
+                self.ledger.update_file(r.id, state="waiting")
+        raise NwbRebuilt(why)
+
+    def _drop_writer(self, session_id: int, *, sync: bool) -> None:
+        w = self.writers.pop(session_id, None)
+        if w is None:
+            return
+        if sync:
+            with contextlib.suppress(OSError):
+                w.appender.sync()
+        w.appender.close()
+
+    def _close_idle_writers(self) -> None:
+        now = time.monotonic()
+        for sid, w in list(self.writers.items()):
+            if now - w.last_used > WRITER_IDLE_CLOSE_SECONDS:
+                self._drop_writer(sid, sync=True)
+
+    def close(self) -> None:
+        for sid in list(self.writers):
+            self._drop_writer(sid, sync=True)
+
+    # --- session end, problems ---------------------------------------------------------------
+
+    def _finalize(self, sess: SessionRow, log: Any) -> None:
+        self._drop_writer(sess.id, sync=True)
+        frames = self.ledger.frames_committed(sess.id)
+        files = [r for r in self.ledger.files(sess.id)]
+        self.ledger.update_session(sess.id, state="finished", finished_at=time.time())
+        self.ledger.add_event(sess.id, "finalize", f"session finished: {frames} frames")
+        log.info("session finished", stage="finalize", frames=frames,
+                 files=sum(r.state == "committed" for r in files),
+                 failed_files=sum(r.state not in ("committed",) for r in files),
+                 nwb=sess.nwb_path)
+
+    def _fail_file(self, sess: SessionRow, row: FileRow, problem: TiffProblem, log: Any) -> None:
+        obs = self.tiffs.get(row.path)
+        self.ledger.update_file(row.id, state="failed", error=problem.message,
+                                size=obs.size if obs else row.size,
+                                mtime_ns=obs.mtime_ns if obs else row.mtime_ns)
+        self._problem(sess, problem.code, problem.message, row.path, log)
+
+    def _problem(self, sess: SessionRow, code: str, message: str, file: str, log: Any) -> None:
+        if self.ledger.report_problem(sess.id, code, message, file):
+            log.error("problem", stage="check", code=code, file=file, problem=message)
+            self.ledger.add_event(sess.id, "problem", message)
+
+    def _clear_file_problems(self, session_id: int, rel: str) -> None:
+        for p in self.ledger.problems(session_id):
+            if p.file == rel:
+                self.ledger.clear_problem(session_id, p.code, rel)
+
+    def retry_transient(self) -> None:
+        """Give files that failed for a passing reason (permissions, I/O) another chance."""
+        for p in self.ledger.problems():
+            if p.code not in TRANSIENT_CODES or p.file not in self.tiffs:
+                continue
+            r = self.ledger.file(p.file)
+            if r is not None and r.state == "failed":
+                self.ledger.update_file(r.id, state="waiting")
+                self.inspected.pop(r.path, None)
+                self.dirty.add(self.tiffs[p.file].key)
+
+    def _space_ok(self, sess: SessionRow, needed: int, log: Any = None) -> bool:
+        folder = self.cfg.output.folder
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return True
+        reserve = self.cfg.output.min_free_mb * 1_000_000
+        if free >= reserve + needed:
+            if sess.state == "paused":
+                self.ledger.update_session(sess.id, state="acquiring")
+                self.ledger.clear_problem(sess.id, "disk_full")
+                self.log.info("disk space available again; resuming", stage="append",
+                              session=sess.session, free_mb=free // 1_000_000)
+            return True
+        self._pause_disk_full(sess, free, log)
+        return False
+
+    def _pause_disk_full(self, sess: SessionRow, free: int, log: Any) -> None:
+        if sess.state != "paused":
+            self.ledger.update_session(sess.id, state="paused")
+        self._problem(sess, "disk_full",
+                      f"output disk nearly full ({free // 1_000_000} MB free in "
+                      f"{self.cfg.output.folder}); paused until space returns", "",
+                      log or self.log.bind(session=sess.session))
+
+    def _output_error(self, sess: SessionRow, exc: OSError, log: Any) -> int:
+        if _is_disk_full(exc):
+            self._drop_writer(sess.id, sync=False)
+            try:
+                free = shutil.disk_usage(self.cfg.output.folder).free
+            except OSError:
+                free = 0
+            self._pause_disk_full(sess, free, log)
+            return 0
+        self._problem(sess, "output_error",
+                      f"cannot write {Path(sess.nwb_path).name}: {exc.strerror or exc}; will retry",
+                      "", log)
+        return 0
+
+
+class NwbBusy(OSError):
+    """Another program holds the NWB file (HDF5 file lock); retry later."""
+
+
+class NwbRebuilt(OSError):
+    """The NWB file was set aside and will be rebuilt; the session re-plans from scratch."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "no space left" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _shape_text(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"

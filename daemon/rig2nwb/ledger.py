@@ -1,0 +1,346 @@
+"""The ledger: SQLite record of sessions, source files and committed frames.
+
+It is the source of truth. A frame counts as committed only once the NWB file has been flushed
+and fsynced *and* the ledger transaction recording it has committed; anything the NWB file holds
+beyond the ledger's count is trimmed away at start-up and appended again from the TIFFs.
+
+WAL mode lets ``rig2nwb status`` read while the daemon writes; ``synchronous=FULL`` makes every
+commit durable across power loss, not just across a crash of the process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SERIES = "TwoPhotonSeries"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    session TEXT NOT NULL,
+    site TEXT NOT NULL DEFAULT '',
+    nwb_path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    identifier TEXT,
+    start_time TEXT,
+    start_source TEXT,
+    frame_shape TEXT,
+    dtype TEXT,
+    nwb_created INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    UNIQUE (subject, session)
+);
+CREATE TABLE IF NOT EXISTS series (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    name TEXT NOT NULL,
+    frames_committed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, name)
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER,
+    mtime_ns INTEGER,
+    frames INTEGER,
+    first_frame INTEGER,
+    frames_committed INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    error TEXT,
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS problems (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER REFERENCES sessions(id),
+    file TEXT NOT NULL DEFAULT '',
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (session_id, file, code)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER REFERENCES sessions(id),
+    at REAL NOT NULL,
+    stage TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: int
+    subject: str
+    session: str
+    site: str
+    nwb_path: str
+    state: str
+    identifier: str | None
+    start_time: str | None
+    start_source: str | None
+    frame_shape: str | None
+    dtype: str | None
+    nwb_created: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    session_id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    frames: int | None
+    first_frame: int | None
+    frames_committed: int
+    state: str
+    error: str | None
+    first_seen: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ProblemRow:
+    session_id: int | None
+    file: str
+    code: str
+    message: str
+    first_at: float
+    last_at: float
+    active: int
+
+
+class Ledger:
+    """Thread-safe access to the ledger database (one connection, one lock)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self._db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def sessions(self) -> list[SessionRow]:
+        return [SessionRow(**dict(r)) for r in self._all("SELECT * FROM sessions ORDER BY id")]
+
+    def session(self, subject: str, session: str) -> SessionRow | None:
+        rows = self._all("SELECT * FROM sessions WHERE subject=? AND session=?", subject, session)
+        return SessionRow(**dict(rows[0])) if rows else None
+
+    def session_by_id(self, session_id: int) -> SessionRow:
+        return SessionRow(**dict(self._all("SELECT * FROM sessions WHERE id=?", session_id)[0]))
+
+    def ensure_session(self, subject: str, session: str, site: str, nwb_path: str) -> SessionRow:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO sessions (subject, session, site, nwb_path, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (subject, session, site, nwb_path, now, now),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO series (session_id, name) SELECT id, ? FROM sessions"
+                " WHERE subject=? AND session=?",
+                (SERIES, subject, session),
+            )
+        row = self.session(subject, session)
+        assert row is not None
+        return row
+
+    def update_session(self, session_id: int, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE sessions SET {cols} WHERE id=?", (*fields.values(), session_id))
+
+    def frames_committed(self, session_id: int, series: str = SERIES) -> int:
+        rows = self._all(
+            "SELECT frames_committed FROM series WHERE session_id=? AND name=?", session_id, series
+        )
+        return int(rows[0][0]) if rows else 0
+
+    # --- files ----------------------------------------------------------------------------
+
+    def files(self, session_id: int) -> list[FileRow]:
+        rows = self._all("SELECT * FROM files WHERE session_id=? ORDER BY id", session_id)
+        return [FileRow(**dict(r)) for r in rows]
+
+    def file(self, path: str) -> FileRow | None:
+        rows = self._all("SELECT * FROM files WHERE path=?", path)
+        return FileRow(**dict(rows[0])) if rows else None
+
+    def unresolved_paths(self) -> list[str]:
+        """Files still waiting for (or in the middle of) an append, or failed and retryable."""
+        rows = self._all("SELECT path FROM files WHERE state IN ('waiting', 'appending', 'failed')")
+        return [r[0] for r in rows]
+
+    def add_file(self, session_id: int, path: str, size: int, mtime_ns: int) -> FileRow:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO files (session_id, path, size, mtime_ns, first_seen,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, path, size, mtime_ns, now, now),
+            )
+        row = self.file(path)
+        assert row is not None
+        return row
+
+    def update_file(self, file_id: int, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE files SET {cols} WHERE id=?", (*fields.values(), file_id))
+
+    def commit_frames(
+        self, session_id: int, file_id: int, *, file_frames_committed: int, file_state: str,
+        series_frames: int, size: int, mtime_ns: int, frames: int, first_frame: int,
+    ) -> None:
+        """Record frames as committed (call only after the NWB file is flushed and fsynced)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE files SET frames_committed=?, state=?, size=?, mtime_ns=?, frames=?,"
+                " first_frame=?, error=NULL, updated_at=? WHERE id=?",
+                (file_frames_committed, file_state, size, mtime_ns, frames, first_frame, now,
+                 file_id),
+            )
+            db.execute(
+                "UPDATE series SET frames_committed=? WHERE session_id=? AND name=?",
+                (series_frames, session_id, SERIES),
+            )
+            db.execute("UPDATE sessions SET updated_at=? WHERE id=?", (now, session_id))
+
+    def roll_back(self, session_id: int, frames: int) -> list[FileRow]:
+        """Forget commits at and beyond series frame ``frames``; return the files affected.
+
+        Files that started at or after ``frames`` go back to waiting; a file that spans it keeps
+        the frames before it. Used when the NWB file is found shorter or damaged at start-up.
+        """
+        affected = []
+        now = time.time()
+        with self.transaction() as db:
+            for r in db.execute(
+                "SELECT * FROM files WHERE session_id=? AND first_frame IS NOT NULL AND"
+                " state IN ('committed', 'appending') AND first_frame + frames_committed > ?",
+                (session_id, frames),
+            ).fetchall():
+                row = FileRow(**dict(r))
+                keep = max(0, frames - (row.first_frame or 0))
+                db.execute(
+                    "UPDATE files SET frames_committed=?, state=?, updated_at=? WHERE id=?",
+                    (keep, "appending" if keep else "waiting", now, row.id),
+                )
+                if not keep:
+                    db.execute("UPDATE files SET first_frame=NULL WHERE id=?", (row.id,))
+                affected.append(row)
+            db.execute(
+                "UPDATE series SET frames_committed=? WHERE session_id=? AND name=?",
+                (frames, session_id, SERIES),
+            )
+        return affected
+
+    def reset_session(self, session_id: int) -> None:
+        """Forget the NWB file of a session (it was lost or damaged): everything re-appends."""
+        self.roll_back(session_id, 0)
+        self.update_session(session_id, nwb_created=0, identifier=None, frame_shape=None,
+                            dtype=None, state="waiting")
+
+    # --- problems and history -------------------------------------------------------------
+
+    def report_problem(self, session_id: int | None, code: str, message: str, file: str = "") -> bool:
+        """Record (or refresh) an active problem; True when it is new or was inactive."""
+        now = time.time()
+        with self.transaction() as db:
+            prev = db.execute(
+                "SELECT active, message FROM problems WHERE session_id IS ? AND file=? AND code=?",
+                (session_id, file, code),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO problems (session_id, file, code, message, first_at, last_at, active)"
+                " VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (session_id, file, code) DO UPDATE SET"
+                " message=excluded.message, last_at=excluded.last_at, active=1",
+                (session_id, file, code, message, now, now),
+            )
+        return prev is None or not prev["active"] or prev["message"] != message
+
+    def clear_problem(self, session_id: int | None, code: str, file: str = "") -> bool:
+        """Mark a problem resolved; True when it was active."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE problems SET active=0, last_at=? WHERE session_id IS ? AND file=? AND"
+                " code=? AND active=1",
+                (time.time(), session_id, file, code),
+            )
+            return cur.rowcount > 0
+
+    def problems(self, session_id: int | None = None, *, active_only: bool = True) -> list[ProblemRow]:
+        sql = "SELECT session_id, file, code, message, first_at, last_at, active FROM problems"
+        conds, args = [], []
+        if session_id is not None:
+            conds.append("session_id=?")
+            args.append(session_id)
+        if active_only:
+            conds.append("active=1")
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        return [ProblemRow(**dict(r)) for r in self._all(sql + " ORDER BY id", *args)]
+
+    def add_event(self, session_id: int | None, stage: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (session_id, at, stage, message) VALUES (?, ?, ?, ?)",
+                (session_id, time.time(), stage, message),
+            )
+
+    def events(self, session_id: int) -> list[tuple[float, str, str]]:
+        rows = self._all(
+            "SELECT at, stage, message FROM events WHERE session_id=? ORDER BY id", session_id
+        )
+        return [(r[0], r[1], r[2]) for r in rows]

@@ -1,0 +1,106 @@
+"""Structured logging: structlog in front, the stdlib ``logging`` machinery behind.
+
+JSON lines when stderr is not a terminal (journald, files, CI), a readable console on a terminal.
+Library loggers (h5py, hdmf, watchdog, ...) go through the same formatter, so one stream holds
+everything. Every line carries ``rig``; stage code binds ``session`` and ``stage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+# Process-wide fields (the rig name): threads do not inherit contextvars, so this is a plain dict.
+_STATIC: dict[str, Any] = {}
+
+
+def _add_static(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for k, v in _STATIC.items():
+        event.setdefault(k, v)
+    return event
+
+
+_SHARED: list[Any] = [
+    _add_static,
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def setup_logging(
+    *,
+    level: str = "INFO",
+    fmt: str = "auto",
+    file: Path | None = None,
+    max_bytes: int = 10_000_000,
+    backups: int = 5,
+    rig: str | None = None,
+    stream: Any = None,
+) -> None:
+    """Configure structlog and the root stdlib logger (idempotent)."""
+    stream = stream if stream is not None else sys.stderr
+    use_console = fmt == "console" or (fmt == "auto" and _isatty(stream))
+    structlog.configure(
+        processors=[
+            *_SHARED,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    json_renderer = structlog.processors.JSONRenderer()
+    console_renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
+
+    def formatter(renderer: Any) -> logging.Formatter:
+        return structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_SHARED,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(console_renderer if use_console else json_renderer))
+    root.addHandler(handler)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(
+            file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        fh.setFormatter(formatter(json_renderer))  # files are for machines: always JSON
+        root.addHandler(fh)
+    root.setLevel(level)
+    # Chatty libraries: their warnings matter, their debug output does not.
+    for name in ("watchdog", "h5py", "hdmf", "pynwb", "matplotlib", "PIL", "tifffile"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.captureWarnings(True)
+    _STATIC.clear()
+    if rig:
+        _STATIC["rig"] = rig
+
+
+def get_logger(name: str = "rig2nwb", **bound: Any) -> Any:
+    return structlog.get_logger(name).bind(**bound)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

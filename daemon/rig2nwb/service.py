@@ -1,0 +1,143 @@
+"""The service shell: lock, ledger, watcher, and the one worker loop that drives the engine."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from rig2nwb.config import Config
+from rig2nwb.engine import Engine
+from rig2nwb.ledger import Ledger
+from rig2nwb.logs import get_logger
+from rig2nwb.watcher import FsEvent, start_observer, stop_observer
+
+TICK_SECONDS = 0.5
+
+
+class AlreadyRunning(Exception):
+    """Another rig2nwb process holds this state folder."""
+
+
+def ledger_path(cfg: Config) -> Path:
+    return cfg.state.folder / "ledger.sqlite"
+
+
+def lock_state(cfg: Config) -> FileLock:
+    """Take the state folder's lock: one writer per ledger and per NWB file, ever."""
+    cfg.state.folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(cfg.state.folder / "rig2nwb.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise AlreadyRunning(
+            f"another rig2nwb process is using the state folder {cfg.state.folder} "
+            "(stop it first; a running daemon converts sessions itself)"
+        ) from None
+    return lock
+
+
+class Service:
+    """Watch the rig folder and keep every session's NWB file up to date until stopped."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.log = get_logger("rig2nwb.service")
+        self.events: queue.Queue[FsEvent] = queue.Queue()
+        self.engine: Engine | None = None
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+        if self.engine is not None:
+            self.engine.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.log.info("stop requested", stage="service", signal=signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        if hasattr(signal, "SIGBREAK"):  # Ctrl+Break on Windows consoles
+            signal.signal(signal.SIGBREAK, handler)
+
+    def run(self, until: Callable[[Engine], bool] | None = None) -> int:
+        cfg = self.cfg
+        lock = lock_state(cfg)
+        ledger = Ledger(ledger_path(cfg))
+        engine = self.engine = Engine(cfg, ledger)
+        if self.stop_event.is_set():
+            engine.stop_event.set()
+        observer = None
+        try:
+            # Import pynwb now rather than on the first completed TIFF, where its ~2 s import
+            # would add to the first file's latency.
+            import pynwb  # noqa: F401
+
+            engine.recover()
+            engine.full_scan()
+            observer = self._start_observer()
+            last_scan = time.monotonic()
+            self.log.info("watching", stage="service", root=str(cfg.rig.root),
+                          observer=type(observer).__name__ if observer else "rescan only",
+                          rescan_seconds=cfg.watch.rescan_seconds,
+                          output=str(cfg.output.folder))
+            while not self.stop_event.is_set():
+                rescan = self._drain_events(engine)
+                if rescan or time.monotonic() - last_scan >= cfg.watch.rescan_seconds:
+                    engine.full_scan()
+                    engine.retry_transient()
+                    last_scan = time.monotonic()
+                    if observer is None or not observer.is_alive():
+                        stop_observer(observer)
+                        observer = self._start_observer()
+                engine.restat_pending()
+                engine.step()
+                if until is not None and until(engine):
+                    break
+        finally:
+            stop_observer(observer)
+            engine.close()
+            ledger.close()
+            lock.release()
+            self.log.info("stopped", stage="service")
+        return 0
+
+    def _start_observer(self) -> Any:
+        mode = self.cfg.watch.observer
+        try:
+            return start_observer(self.cfg.rig.root, mode, self.cfg.watch.polling_interval_seconds,
+                                  self.events)
+        except OSError as exc:
+            self.log.warning("file watcher not available; relying on periodic rescans",
+                             stage="watch", error=str(exc))
+            return None
+
+    def _drain_events(self, engine: Engine) -> bool:
+        """Feed queued events to the engine; wait up to one tick for the first. True = rescan."""
+        rescan = False
+        try:
+            ev = self.events.get(timeout=TICK_SECONDS)
+        except queue.Empty:
+            return False
+        deadline = time.monotonic() + TICK_SECONDS
+        while True:
+            if ev.kind == "rescan":
+                rescan = True
+            else:
+                engine.observe(ev.path, ev.kind)
+            if time.monotonic() > deadline:
+                break
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                break
+        return rescan

@@ -1,0 +1,115 @@
+"""Where every session stands, read from the ledger (safe while the daemon runs: WAL readers)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rig2nwb.config import Config
+from rig2nwb.ledger import Ledger
+from rig2nwb.service import ledger_path
+
+
+def collect(cfg: Config) -> list[dict[str, Any]]:
+    """One dict per session; the keys are the documented ``status --json`` contract."""
+    path = ledger_path(cfg)
+    if not path.exists():
+        return []
+    ledger = Ledger(path, readonly=True)
+    try:
+        global_problems = [p.message for p in ledger.problems() if p.session_id is None]
+        out = []
+        for s in ledger.sessions():
+            files = ledger.files(s.id)
+            nwb = Path(s.nwb_path)
+            problems = [p.message for p in ledger.problems(s.id)]
+            out.append({
+                "subject": s.subject,
+                "session": s.session,
+                "site": s.site,
+                "state": s.state,
+                "frames": ledger.frames_committed(s.id),
+                "files": len(files),
+                "files_committed": sum(f.state == "committed" for f in files),
+                "files_failed": sum(f.state in ("failed", "vanished", "out_of_order")
+                                    for f in files),
+                "source_bytes": sum(f.size or 0 for f in files if f.state == "committed"),
+                "nwb_path": str(nwb),
+                "nwb_bytes": nwb.stat().st_size if nwb.exists() else 0,
+                "start_time": s.start_time,
+                "last_update": _iso(s.updated_at),
+                "finished_at": _iso(s.finished_at) if s.finished_at else None,
+                "problems": problems + global_problems,
+            })
+        return out
+    finally:
+        ledger.close()
+
+
+def history(cfg: Config, session: str) -> dict[str, Any] | None:
+    """A session's full record: files, problems (also resolved ones) and events."""
+    path = ledger_path(cfg)
+    if not path.exists():
+        return None
+    ledger = Ledger(path, readonly=True)
+    try:
+        rows = [s for s in ledger.sessions() if session in (s.session, f"{s.subject}/{s.session}")]
+        if not rows:
+            return None
+        s = rows[0]
+        return {
+            "subject": s.subject, "session": s.session, "state": s.state,
+            "nwb_path": s.nwb_path, "frames": ledger.frames_committed(s.id),
+            "start_time": s.start_time, "start_source": s.start_source,
+            "files": [{"path": f.path, "state": f.state, "frames": f.frames,
+                       "first_frame": f.first_frame, "size": f.size, "error": f.error}
+                      for f in ledger.files(s.id)],
+            "problems": [{"code": p.code, "file": p.file, "message": p.message,
+                          "active": bool(p.active), "since": _iso(p.first_at)}
+                         for p in ledger.problems(s.id, active_only=False)],
+            "events": [{"at": _iso(at), "stage": st, "message": m}
+                       for at, st, m in ledger.events(s.id)],
+        }
+    finally:
+        ledger.close()
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no sessions yet"
+    header = ["SUBJECT", "SESSION", "STATE", "FRAMES", "FILES", "NWB SIZE", "UPDATED", "PROBLEM"]
+    body = []
+    for r in rows:
+        files = f"{r['files_committed']}/{r['files']}"
+        if r["files_failed"]:
+            files += f" ({r['files_failed']} bad)"
+        problems = r["problems"]
+        last = problems[-1] if problems else ""
+        if len(problems) > 1:
+            last = f"[{len(problems)}] {last}"
+        body.append([r["subject"], r["session"], r["state"], f"{r['frames']:,}", files,
+                     _size(r["nwb_bytes"]), (r["last_update"] or "")[:19].replace("T", " "),
+                     last[:90]])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *body]]
+    return "\n".join(lines)
+
+
+def render_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2)
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds") if ts else None
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover

@@ -1,0 +1,139 @@
+"""Reading the rig's TIFFs: a cheap completeness check and bounded-memory page streaming.
+
+Rig files are opened read-only and never modified. Pages are streamed in batches so memory stays
+flat whatever the file size (``tifffile.memmap`` cannot be used: ScanImage pages are not
+contiguous, and ``imread`` of a whole file holds it all in RAM).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+class TiffProblem(Exception):
+    """A TIFF that cannot be appended. ``code`` is stable (used in status), ``transient`` says
+    whether retrying later may help (a permission fixed, a file still arriving)."""
+
+    def __init__(self, code: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class TiffInfo:
+    pages: int
+    shape: tuple[int, int]
+    dtype: str
+    size: int
+    mtime_ns: int
+    datetime_tag: datetime | None
+
+
+def inspect_tiff(path: Path) -> TiffInfo:
+    """Parse every page header and check that all page data lies inside the file.
+
+    A TIFF still being written (or truncated for good) fails here: tifffile happily lists pages
+    whose data runs past the end of the file, so the extent check is what proves completeness.
+    """
+    st = _stat(path)
+    if st.st_size == 0:
+        raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
+    try:
+        with tifffile.TiffFile(path) as tf:
+            # Full page headers, not TiffFrames: a frame borrows the first page's shape, which
+            # would hide pages of a different shape or type.
+            tf.pages.cache = False
+            tf.pages.useframes = False
+            n = len(tf.pages)
+            if n == 0:
+                raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
+            first = tf.pages.first
+            shape, dtype = first.shape, first.dtype
+            if len(shape) != 2 or first.samplesperpixel != 1:
+                raise TiffProblem(
+                    "bad_page", f"{path.name}: pages of shape {shape} are not single-channel 2-D "
+                    "frames (RGB or tiled stacks are not supported)"
+                )
+            dt_tag = _datetime_tag(first)
+            end = 0
+            for i in range(n):
+                page = tf.pages[i]
+                if page.shape != shape or page.dtype != dtype:
+                    raise TiffProblem(
+                        "mixed_pages",
+                        f"{path.name}: page {i} is {page.shape} {page.dtype}, page 0 is "
+                        f"{shape} {dtype} (pages of mixed shape or type)",
+                    )
+                for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=True):
+                    end = max(end, off + cnt)
+            if end > st.st_size:
+                raise TiffProblem(
+                    "truncated",
+                    f"{path.name}: truncated, page data ends at byte {end} but the file has "
+                    f"{st.st_size} bytes",
+                )
+    except TiffProblem:
+        raise
+    except OSError as exc:
+        raise _os_problem(path, exc) from exc
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
+    return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns, dt_tag)
+
+
+def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.ndarray]:
+    """Yield pages ``start`` .. ``stop-1`` as arrays of shape (n, rows, cols), n <= batch."""
+    try:
+        with tifffile.TiffFile(path) as tf:
+            tf.pages.cache = False
+            tf.pages.useframes = True
+            for a in range(start, stop, batch):
+                b = min(stop, a + batch)
+                arr = tf.asarray(key=range(a, b), maxworkers=1)
+                yield arr.reshape((b - a, *arr.shape[-2:]))
+    except TiffProblem:
+        raise
+    except OSError as exc:
+        raise _os_problem(path, exc) from exc
+    except Exception as exc:
+        raise TiffProblem("unreadable", f"{path.name}: reading pages failed ({exc})") from exc
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        st = path.stat()
+        with open(path, "rb"):  # proves we may read it (stat alone does not)
+            pass
+        return st
+    except OSError as exc:
+        raise _os_problem(path, exc) from exc
+
+
+def _os_problem(path: Path, exc: OSError) -> TiffProblem:
+    if exc.errno == errno.ENOENT:
+        return TiffProblem("vanished", f"{path.name}: deleted before it was appended",
+                           transient=True)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return TiffProblem("unreadable", f"{path.name}: permission denied (cannot read the file)",
+                           transient=True)
+    return TiffProblem("io_error", f"{path.name}: {exc.strerror or exc}", transient=True)
+
+
+def _datetime_tag(page: tifffile.TiffPage) -> datetime | None:
+    tag = page.tags.get(306)  # DateTime, "YYYY:MM:DD HH:MM:SS"
+    if tag is None:
+        return None
+    try:
+        return datetime.strptime(str(tag.value).strip(), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
