@@ -8,12 +8,15 @@ not be completed, 2 bad configuration or usage.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rig2nwb import __version__
 from rig2nwb.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from rig2nwb.logs import setup_logging
+from rig2nwb.logs import setup_from_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         "Watch a two-photon rig's save folder and turn its TIFFs into NWB files."))
     p.add_argument("--version", action="version", version=f"rig2nwb {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run the daemon (until SIGTERM / Ctrl+C)")
+    r = sub.add_parser("run", parents=[common], help="run the daemon (until SIGTERM / Ctrl+C)")
+    r.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the supervised child
     c = sub.add_parser("convert", parents=[common],
                        help="one-shot conversion of a finished session folder")
     c.add_argument("session_folder", type=Path)
@@ -48,12 +52,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(path: Path, *, check_paths: bool = True) -> Config:
     return load_config(path, check_paths=check_paths)
-
-
-def _setup_logs(cfg: Config) -> None:
-    lc = cfg.logging
-    setup_logging(level=lc.level, fmt=lc.format, file=lc.file, max_bytes=lc.max_bytes,
-                  backups=lc.backups, rig=cfg.rig.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +91,22 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     if cmd == "demo":
         return _demo(args, config_path)
     cfg = _load(config_path)
-    _setup_logs(cfg)
-    if cmd == "run":
-        from rig2nwb.service import AlreadyRunning, Service
+    if cmd == "run" and not args.worker:
+        from rig2nwb.logs import setup_logging
+        from rig2nwb.supervisor import supervise
 
+        # The supervisor logs to the terminal/journal only: the worker owns the log file.
+        setup_logging(level=cfg.logging.level, fmt=cfg.logging.format, rig=cfg.rig.name)
+        worker = [sys.executable, "-m", "rig2nwb", "run", "--worker", "--config",
+                  str(config_path.resolve())]
+        return supervise(worker)
+    setup_from_config(cfg)
+    if cmd == "run":
+        from rig2nwb.engine import WriterPoisoned
+        from rig2nwb.service import AlreadyRunning, Service
+        from rig2nwb.supervisor import RESTART_CODE, die_with_supervisor
+
+        die_with_supervisor()
         service = Service(cfg)
         service.install_signal_handlers()
         try:
@@ -104,8 +114,11 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         except AlreadyRunning as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
+        except WriterPoisoned:
+            _exit_now(RESTART_CODE)
     if cmd == "convert":
         from rig2nwb.convert import convert
+        from rig2nwb.engine import WriterPoisoned
         from rig2nwb.service import AlreadyRunning
 
         try:
@@ -113,10 +126,23 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         except (AlreadyRunning, ValueError) as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
+        except WriterPoisoned as exc:
+            print(f"rig2nwb: incomplete: writing the NWB file failed ({exc}); what was committed "
+                  "is kept, run convert again once the problem is fixed", file=sys.stderr)
+            _exit_now(1)
         print(("done: " if result.ok else "rig2nwb: incomplete: ") + result.message,
               file=sys.stdout if result.ok else sys.stderr)
         return 0 if result.ok else 1
     raise AssertionError(cmd)  # pragma: no cover
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Leave without Python's cleanup: it would close an HDF5 handle whose writes failed, which
+    crashes the interpreter. Logs are flushed first; the ledger is already committed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _demo(args: argparse.Namespace, config_path: Path) -> int:
@@ -131,14 +157,19 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
     raw = cfg.model_dump(mode="json")
     raw["completion"]["session_idle_seconds"] = args.idle
     cfg = validate_config(raw, base=Path.cwd(), source=str(config_path))
-    _setup_logs(cfg)
+    setup_from_config(cfg)
     opts = DemoOptions(files=args.files, frames_per_file=args.frames_per_file, size=args.size,
                        rate=args.rate)
+    from rig2nwb.engine import WriterPoisoned
+
     try:
         return run_demo(cfg, opts)
     except AlreadyRunning as exc:
         print(f"rig2nwb: {exc}", file=sys.stderr)
         return 1
+    except WriterPoisoned as exc:
+        print(f"rig2nwb demo: writing the NWB file failed ({exc}); see the log", file=sys.stderr)
+        _exit_now(1)
 
 
 def _history_text(record: dict[str, object]) -> str:

@@ -71,6 +71,7 @@ class CompletionConfig(_Section):
     settle_seconds: float = Field(5.0, ge=0)
     session_idle_seconds: float = Field(300.0, gt=0)
     require_lab_files: bool = True
+    gap_wait_seconds: float = Field(60.0, ge=0)
 
 
 class AppendConfig(_Section):
@@ -191,7 +192,10 @@ def validate_config(
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{loc}: {_FRIENDLY.get(err['type'], err['msg'])}")
+            msg = _FRIENDLY.get(err["type"], err["msg"])
+            if err["type"] not in _FRIENDLY and not isinstance(err.get("input"), dict):
+                msg += f" (got {err.get('input')!r})"
+            problems.append(f"{loc}: {msg}")
     problems += _semantic_problems(raw, check_paths=check_paths)
     if problems or cfg is None:
         raise ConfigError(source, sorted(set(problems)))

@@ -8,7 +8,6 @@ the file is next opened, and re-appended from the TIFFs.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -87,7 +86,7 @@ class Engine:
             session_idle_seconds=cfg.completion.session_idle_seconds,
             require_lab_files=cfg.completion.require_lab_files and bool(
                 cfg.rig.scan_file or cfg.rig.trial_file),
-            gap_wait_seconds=max(60.0, 2 * cfg.completion.settle_seconds),
+            gap_wait_seconds=cfg.completion.gap_wait_seconds,
             convert=convert_scope is not None,
         )
         self.on_frames = on_frames
@@ -212,13 +211,26 @@ class Engine:
             self.dirty.add(obs.key)
 
     def restat_pending(self) -> None:
-        """Stat the files the planner is waiting on: completion by 'stable' needs fresh facts
-        even where no event arrives (network shares)."""
+        """Refresh what the planner waits on, every tick, without relying on events: the files
+        not yet appended (completion by 'stable' needs fresh sizes) and the folders of sessions
+        still acquiring (a network share raises no event when another host adds a file)."""
         for rel in self.ledger.unresolved_paths():
-            obs = self.tiffs.get(rel)
             values = self.frames_pat.match(rel)
-            if obs is not None and values is not None:
+            if rel in self.tiffs and values is not None:
                 self._update_tiff(rel, self.root / rel, values, closed=False)
+        unfinished = {(s.subject, s.session) for s in self.ledger.sessions() if s.state != "finished"}
+        folders = {PurePosixPath(o.rel).parent for o in self.tiffs.values() if o.key in unfinished}
+        for folder in folders:
+            try:
+                entries = list(os.scandir(self.root / folder))
+            except OSError:
+                continue  # gone or unreachable: the next full scan sorts it out
+            for entry in entries:
+                rel = f"{folder}/{entry.name}"
+                if rel not in self.tiffs and entry.is_file():
+                    values = self.frames_pat.match(rel)
+                    if values is not None and self._inside_root(Path(entry.path)):
+                        self._update_tiff(rel, Path(entry.path), values, closed=False)
 
     # --- planning and acting -----------------------------------------------------------------
 
@@ -269,11 +281,34 @@ class Engine:
             elif row.state == "vanished":
                 self.ledger.update_file(row.id, state="waiting", error=None)
                 self.ledger.clear_problem(row.session_id, "vanished", obs.rel)
+            elif row.state == "committed" and (row.size, row.mtime_ns) != (obs.size, obs.mtime_ns):
+                self._committed_file_changed(row, obs)
             return
         sess = self._session_row(obs.key, obs.site)
         if sess is None:
             return
         self.ledger.add_file(sess.id, obs.rel, obs.size, obs.mtime_ns)
+
+    def _committed_file_changed(self, row: FileRow, obs: Obs) -> None:
+        """A TIFF changed after it was appended: a writer that paused longer than the settle
+        period, or reopened its file. Its new pages are appended if it is still the last file of
+        the series; otherwise the change is reported, since a series cannot grow in the middle."""
+        sess = self.ledger.session_by_id(row.session_id)
+        name = PurePosixPath(row.path).name
+        log = self.log.bind(subject=sess.subject, session=sess.session, stage="watch", file=row.path)
+        self.inspected.pop(row.path, None)
+        end = (row.first_frame or 0) + (row.frames or 0)
+        if row.first_frame is not None and end == self.ledger.frames_committed(sess.id):
+            # Back to waiting with its committed frames kept: once complete again, only the new
+            # pages are appended (see _stream).
+            self.ledger.update_file(row.id, state="waiting")
+            log.warning("tiff changed after it was appended; its new pages will be appended",
+                        frames_appended=row.frames)
+            self.ledger.add_event(sess.id, "watch", f"{name} grew after it was appended")
+            return
+        self._problem(sess, "changed_after_commit",
+                      f"{name}: changed after it was appended ({row.size} -> {obs.size} bytes) and "
+                      "later files are already in the NWB file; the change is not in it", row.path, log)
 
     def _session_row(self, key: Key, site: str) -> SessionRow | None:
         sess = self.ledger.session(*key)
@@ -339,8 +374,10 @@ class Engine:
         sess = self.ledger.session(*key)
         if sess is None:
             return 0
-        if sess.state == "paused" and not self._space_ok(sess, 0):
-            return 0
+        if sess.state == "paused":
+            if not self._space_ok(sess, 0):
+                return 0
+            sess = self.ledger.session_by_id(sess.id)
         actions = plan_session(self._facts(sess), self.rules)
         changed = 0
         for action in actions:
@@ -418,8 +455,14 @@ class Engine:
                 "shape_mismatch", f"{name}: frames are {info.shape[0]}x{info.shape[1]} "
                 f"{info.dtype}, the session's series is {sess.frame_shape} {sess.dtype}"), log)
             return 1
+        done = row.frames_committed if row.first_frame is not None else 0
+        if done > info.pages:
+            self.ledger.update_file(row.id, state="committed")
+            self._problem(sess, "changed_after_commit", f"{name}: now has {info.pages} pages but "
+                          f"{done} were appended already; the NWB file keeps those", row.path, log)
+            return 1
         frame_bytes = info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize
-        if not self._space_ok(sess, frame_bytes * (info.pages - row.frames_committed), log):
+        if not self._space_ok(sess, frame_bytes * (info.pages - done), log):
             return 0
         try:
             if not sess.nwb_created:
@@ -438,21 +481,28 @@ class Engine:
         try:
             self._stream(sess, row, info, writer, log)
         except TiffProblem as exc:
-            self._drop_writer(sess.id, sync=True)
+            self._drop_writer(sess.id)
             self._fail_file(sess, row, exc, log)
             return 1
         except Stopped:
             return 1
-        except OSError as exc:
-            self._drop_writer(sess.id, sync=False)
-            return self._output_error(sess, exc, log)
+        except (OSError, RuntimeError) as exc:
+            # h5py reports failed writes and flushes as OSError or RuntimeError (e.g. ENOSPC
+            # inside H5Fflush). The ledger still says what is committed; the handle is broken.
+            self._write_failed(sess.id, exc)
         return 1
 
     def _stream(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
                 log: Any) -> None:
         committed = self.ledger.frames_committed(sess.id)
-        done = row.frames_committed if row.state == "appending" else 0
+        # Frames of this file already committed (a restart mid-file, or a file that grew after
+        # it was appended); only the last file of a series can be partly committed.
+        done = row.frames_committed if row.first_frame is not None else 0
         first = committed - done  # series index of this file's first page
+        if done and row.state != "appending" and not self._same_prefix(writer, self.root / row.path,
+                                                                        committed, done):
+            raise TiffProblem("changed_after_commit", f"{PurePosixPath(row.path).name}: its first "
+                              f"{done} pages differ from the frames appended before; not appended")
         rate = self.cfg.imaging.frame_rate
         batch, every = self.cfg.append.batch_frames, self.cfg.append.commit_every_frames
         t0 = time.monotonic()
@@ -507,6 +557,11 @@ class Engine:
         self.ledger.add_event(sess.id, "append", f"{row.path}: {info.pages - done} frames "
                               f"appended at frame {first}")
 
+    def _same_prefix(self, writer: SeriesAppender, src: Path, committed: int, done: int) -> bool:
+        """Does the TIFF still hold, as its page ``done-1``, the last frame we appended from it?"""
+        page = next(read_batches(src, done - 1, done, 1))
+        return bool(np.array_equal(page, writer.read(committed - 1, committed)))
+
     def _create(self, sess: SessionRow, row: FileRow, info: TiffInfo, log: Any) -> SessionRow:
         start, source = self._start_time(row, info)
         ident = new_identifier()
@@ -551,6 +606,16 @@ class Engine:
             return self._rebuild(sess, str(exc), log)
         except OSError as exc:
             raise NwbBusy(f"{path.name}: locked by another program ({exc}); will retry") from exc
+        try:
+            self._repair(sess, appender, log)
+        except (OSError, RuntimeError) as exc:
+            self.writers[sess.id] = _Writer(appender)
+            self._write_failed(sess.id, exc)
+        self.writers[sess.id] = _Writer(appender)
+        return appender
+
+    def _repair(self, sess: SessionRow, appender: SeriesAppender, log: Any) -> None:
+        """Make the file agree with the ledger: trim what was never committed, check the tail."""
         committed = self.ledger.frames_committed(sess.id)
         n_data, n_ts = appender.lengths()
         if min(n_data, n_ts) < committed:
@@ -567,17 +632,15 @@ class Engine:
                      timestamp_frames=n_ts)
             self.ledger.add_event(sess.id, "recover", f"trimmed NWB tail from {n_data} data / "
                                   f"{n_ts} timestamp rows to the {committed} committed frames")
-        committed = self._check_tail(sess, appender, committed, log)
-        self.writers[sess.id] = _Writer(appender)
-        return appender
+        self._check_tail(sess, appender, committed, log)
 
     def _check_tail(self, sess: SessionRow, appender: SeriesAppender, committed: int,
                     log: Any) -> int:
         """Compare the last committed frames with their source TIFF; roll back on mismatch."""
         if committed == 0:
             return 0
-        rows = [r for r in self.ledger.files(sess.id) if r.first_frame is not None
-                and r.state in ("committed", "appending") and r.frames_committed > 0]
+        rows = [r for r in self.ledger.files(sess.id)
+                if r.first_frame is not None and r.frames_committed > 0]
         if not rows:
             return committed
         last = max(rows, key=lambda r: r.first_frame or 0)
@@ -614,29 +677,48 @@ class Engine:
                 self.ledger.update_file(r.id, state="waiting")
         raise NwbRebuilt(why)
 
-    def _drop_writer(self, session_id: int, *, sync: bool) -> None:
+    def _drop_writer(self, session_id: int) -> None:
         w = self.writers.pop(session_id, None)
         if w is None:
             return
-        if sync:
-            with contextlib.suppress(OSError):
-                w.appender.sync()
-        w.appender.close()
+        try:
+            w.appender.sync()
+            w.appender.close()
+        except (OSError, RuntimeError) as exc:
+            self.writers[session_id] = w
+            self._write_failed(session_id, exc)
+
+    def _write_failed(self, session_id: int, exc: OSError | RuntimeError) -> NoReturn:
+        """HDF5 failed a write: record why, then end this process without touching the file.
+
+        After such a failure HDF5's state of the file is broken (a retried flush corrupts the
+        chunk index; closing it segfaults), so the handle is parked where nothing closes or
+        collects it and WriterPoisoned ends the worker; the supervisor starts a new one, which
+        repairs the file from the ledger like after a crash."""
+        w = self.writers.pop(session_id, None)
+        if w is not None:
+            _POISONED.append(w.appender)
+        sess = self.ledger.session_by_id(session_id)
+        log = self.log.bind(subject=sess.subject, session=sess.session, stage="append")
+        self._output_error(sess, exc, log)
+        log.error("writing the NWB file failed; restarting the worker to recover it safely",
+                  error=str(exc).splitlines()[0])
+        raise WriterPoisoned(str(exc).splitlines()[0]) from exc
 
     def _close_idle_writers(self) -> None:
         now = time.monotonic()
         for sid, w in list(self.writers.items()):
             if now - w.last_used > WRITER_IDLE_CLOSE_SECONDS:
-                self._drop_writer(sid, sync=True)
+                self._drop_writer(sid)
 
     def close(self) -> None:
         for sid in list(self.writers):
-            self._drop_writer(sid, sync=True)
+            self._drop_writer(sid)
 
     # --- session end, problems ---------------------------------------------------------------
 
     def _finalize(self, sess: SessionRow, log: Any) -> None:
-        self._drop_writer(sess.id, sync=True)
+        self._drop_writer(sess.id)
         frames = self.ledger.frames_committed(sess.id)
         files = [r for r in self.ledger.files(sess.id)]
         self.ledger.update_session(sess.id, state="finished", finished_at=time.time())
@@ -688,30 +770,40 @@ class Engine:
                 self.log.info("disk space available again; resuming", stage="append",
                               session=sess.session, free_mb=free // 1_000_000)
             return True
-        self._pause_disk_full(sess, free, log)
+        self._pause_disk_full(sess, free, log, why=f", {needed // 1_000_000} MB needed for the next "
+                              f"file + output.min_free_mb {self.cfg.output.min_free_mb}")
         return False
 
-    def _pause_disk_full(self, sess: SessionRow, free: int, log: Any) -> None:
+    def _pause_disk_full(self, sess: SessionRow, free: int, log: Any, why: str = "") -> None:
         if sess.state != "paused":
             self.ledger.update_session(sess.id, state="paused")
         self._problem(sess, "disk_full",
-                      f"output disk nearly full ({free // 1_000_000} MB free in "
-                      f"{self.cfg.output.folder}); paused until space returns", "",
+                      f"output disk full ({free // 1_000_000} MB free in {self.cfg.output.folder}"
+                      f"{why}); paused until space returns, nothing is lost", "",
                       log or self.log.bind(session=sess.session))
 
-    def _output_error(self, sess: SessionRow, exc: OSError, log: Any) -> int:
+    def _output_error(self, sess: SessionRow, exc: OSError | RuntimeError, log: Any) -> int:
         if _is_disk_full(exc):
-            self._drop_writer(sess.id, sync=False)
             try:
                 free = shutil.disk_usage(self.cfg.output.folder).free
             except OSError:
                 free = 0
-            self._pause_disk_full(sess, free, log)
+            self._pause_disk_full(sess, free, log, why="; writing failed: No space left on device")
             return 0
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         self._problem(sess, "output_error",
-                      f"cannot write {Path(sess.nwb_path).name}: {exc.strerror or exc}; will retry",
+                      f"cannot write {Path(sess.nwb_path).name}: {reason}; will retry",
                       "", log)
         return 0
+
+
+# HDF5 handles whose writes failed. They must never be closed or garbage-collected in this
+# process (see _write_failed); the worker exits soon after one lands here.
+_POISONED: list[SeriesAppender] = []
+
+
+class WriterPoisoned(Exception):
+    """HDF5 failed a write; the process must end without touching that file again."""
 
 
 class NwbBusy(OSError):

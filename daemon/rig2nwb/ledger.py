@@ -268,7 +268,7 @@ class Ledger:
         with self.transaction() as db:
             for r in db.execute(
                 "SELECT * FROM files WHERE session_id=? AND first_frame IS NOT NULL AND"
-                " state IN ('committed', 'appending') AND first_frame + frames_committed > ?",
+                " first_frame + frames_committed > ?",
                 (session_id, frames),
             ).fetchall():
                 row = FileRow(**dict(r))

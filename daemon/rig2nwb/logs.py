@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from rig2nwb.config import Config
 
 # Process-wide fields (the rig name): threads do not inherit contextvars, so this is a plain dict.
 _STATIC: dict[str, Any] = {}
@@ -87,12 +91,24 @@ def setup_logging(
         root.addHandler(fh)
     root.setLevel(level)
     # Chatty libraries: their warnings matter, their debug output does not.
-    for name in ("watchdog", "h5py", "hdmf", "pynwb", "matplotlib", "PIL", "tifffile"):
+    for name in ("watchdog", "h5py", "hdmf", "pynwb", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # tifffile logs every damaged page it meets; rig2nwb reports each damaged file itself, once,
+    # with its name and what is wrong, so these lines would only repeat it without the file.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     logging.captureWarnings(True)
+    # watchdog's inotify emitter warns when a new folder tree is added while it is being walked;
+    # harmless (the periodic rescan covers it) and several KB per line.
+    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
     _STATIC.clear()
     if rig:
         _STATIC["rig"] = rig
+
+
+def setup_from_config(cfg: Config) -> None:
+    lc = cfg.logging
+    setup_logging(level=lc.level, fmt=lc.format, file=lc.file, max_bytes=lc.max_bytes,
+                  backups=lc.backups, rig=cfg.rig.name)
 
 
 def get_logger(name: str = "rig2nwb", **bound: Any) -> Any:

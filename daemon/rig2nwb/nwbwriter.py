@@ -186,7 +186,7 @@ class SeriesAppender:
             self.data = self._f[f"{SERIES_PATH}/data"]
             self.timestamps = self._f[f"{SERIES_PATH}/timestamps"]
         except KeyError as exc:
-            self._f.close()
+            self._f.close()  # nothing was written through this handle: closing is safe
             raise NwbDamaged(f"{path.name}: has no {SERIES_PATH} data/timestamps") from exc
 
     @property
@@ -226,8 +226,7 @@ class SeriesAppender:
         os.fsync(self._f.id.get_vfd_handle())
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._f.close()
+        self._f.close()
 
 
 def _is_lock_error(exc: OSError) -> bool:

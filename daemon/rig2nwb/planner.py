@@ -12,8 +12,10 @@ Rules (documented in the README):
   (``next_file``), an end-of-run marker exists (``marker``), the writer closed it (``close_write``,
   Linux), or its size and mtime have not changed for the settle period (``stable``). Completion
   only makes a file a candidate: every page must still parse before a single frame is appended.
-- When the file before a candidate in the same run is missing (index gap), the candidate waits
-  up to ``gap_wait_seconds`` for it; files copied out of order still land in order.
+- When the file before a candidate in the same run is missing (index gap, or a run whose first
+  file seen is numbered 2 or more), the candidate waits up to ``gap_wait_seconds`` (counted from
+  its own last change) for it, so files copied out of order still land in order; after that it
+  is appended and a late predecessor is reported as out of order.
 - A file that turns up before files already committed cannot be inserted into an append-only
   series: it is marked out of order and reported, never silently dropped.
 - A session's acquisition is complete when its end marker exists, or when its lab files are
@@ -157,12 +159,15 @@ def _is_complete(f: FileFacts, facts: SessionFacts, rules: Rules, done: bool) ->
 
 
 def _missing_predecessor(f: FileFacts, before: Sequence[FileFacts]) -> str | None:
-    """Name the missing earlier file of the same run, if the run has a gap just before ``f``."""
-    same_run = [g for g in before if g.position.folder == f.position.folder
-                and g.position.run == f.position.run and g.position.index >= 0]
-    if f.position.index < 0 or not same_run:
+    """Name the missing earlier file of the same run, if the run has a gap just before ``f``.
+
+    Runs are expected to start at index 0 or 1 (ScanImage starts at 00001), so a run whose
+    first file seen is number 2 or higher waits for its start too."""
+    if f.position.index < 0:
         return None
-    prev = max(g.position.index for g in same_run)
+    same_run = [g.position.index for g in before if g.position.folder == f.position.folder
+                and g.position.run == f.position.run and g.position.index >= 0]
+    prev = max(same_run) if same_run else 0
     if f.position.index > prev + 1:
         return f"file index {prev + 1}"
     return None

@@ -14,7 +14,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from rig2nwb.config import Config
-from rig2nwb.engine import Engine
+from rig2nwb.engine import Engine, WriterPoisoned
 from rig2nwb.ledger import Ledger
 from rig2nwb.logs import get_logger
 from rig2nwb.watcher import FsEvent, start_observer, stop_observer
@@ -77,6 +77,7 @@ class Service:
         if self.stop_event.is_set():
             engine.stop_event.set()
         observer = None
+        poisoned = False
         try:
             # Import pynwb now rather than on the first completed TIFF, where its ~2 s import
             # would add to the first file's latency.
@@ -103,12 +104,16 @@ class Service:
                 engine.step()
                 if until is not None and until(engine):
                     break
+        except WriterPoisoned:
+            poisoned = True  # the caller ends the process; no NWB handle may be closed here
+            raise
         finally:
             stop_observer(observer)
-            engine.close()
+            if not poisoned:
+                engine.close()
             ledger.close()
             lock.release()
-            self.log.info("stopped", stage="service")
+            self.log.info("stopped", stage="service", restart_needed=poisoned)
         return 0
 
     def _start_observer(self) -> Any:

@@ -1,0 +1,113 @@
+"""A small supervisor around the daemon's worker process.
+
+Why a second process: after HDF5 fails a write (a full disk, an I/O error) the library's
+in-memory state of that file is broken. Retrying the flush "works" but leaves a corrupt chunk
+index, and closing or even garbage-collecting the file object segfaults (measured, h5py 3.16 /
+HDF5 2.0). The only safe recovery is a fresh process, which is exactly what crash safety already
+handles: the new worker trims the NWB file to the ledger's committed count and carries on. So the
+worker exits with RESTART_CODE right after recording what happened, and this supervisor, which
+never imports h5py, starts a new one. It also restarts a worker that crashed (with backoff), so
+an acquisition PC without systemd keeps converting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from rig2nwb.logs import get_logger
+
+RESTART_CODE = 75  # EX_TEMPFAIL: "start me again"
+CONFIG_ERROR_CODE = 2
+MAX_BACKOFF_SECONDS = 60.0
+HEALTHY_AFTER_SECONDS = 60.0  # a worker that ran this long resets the backoff
+
+
+def supervise(worker_argv: list[str]) -> int:
+    """Run the worker until it stops by itself or we are asked to stop; return its exit code."""
+    log = get_logger("rig2nwb.supervisor")
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            _ask_to_stop(child)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, on_signal)
+
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        child = _spawn(worker_argv)
+        rc = _wait(child)
+        ran = time.monotonic() - started
+        if stopping:
+            return 0 if rc in (0, -signal.SIGTERM) else rc
+        if rc == 0:
+            return 0  # the worker decided to stop (e.g. its own signal handling)
+        if rc == CONFIG_ERROR_CODE:
+            return rc  # a bad config does not get better by restarting
+        if ran >= HEALTHY_AFTER_SECONDS:
+            backoff = 1.0
+        if rc == RESTART_CODE and ran >= 5:
+            delay = 0.0  # a requested restart after real work: at once
+        else:
+            delay = backoff
+            backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+        reason = "requested a restart" if rc == RESTART_CODE else f"exited with code {rc}"
+        log.warning("worker stopped; starting a new one", stage="supervisor", reason=reason,
+                    ran_seconds=round(ran, 1), restart_in_seconds=delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not stopping:
+            time.sleep(0.1)
+        if stopping:
+            return 0
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    kwargs: dict[str, object] = {}
+    if sys.platform == "win32":
+        # Its own process group, so CTRL_BREAK_EVENT reaches only the worker (a clean stop).
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    env = {**os.environ, "RIG2NWB_SUPERVISOR_PID": str(os.getpid())}
+    return subprocess.Popen(argv, env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            return child.wait()
+        except InterruptedError:  # pragma: no cover - PEP 475 retries, but be safe
+            continue
+
+
+def _ask_to_stop(child: subprocess.Popen[bytes]) -> None:
+    if sys.platform == "win32":
+        child.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+    else:
+        child.send_signal(signal.SIGTERM)
+
+
+def die_with_supervisor() -> None:
+    """In the worker: be killed when the supervisor dies (Linux), so a SIGKILLed service never
+    leaves an orphan writing the NWB file. Elsewhere the state-folder lock still prevents a
+    second writer: a new worker waits until the orphan is gone."""
+    parent = os.environ.get("RIG2NWB_SUPERVISOR_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        os._exit(1)
