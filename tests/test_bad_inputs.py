@@ -318,7 +318,7 @@ def test_disk_filling_up_during_an_append(make_lab, small_disk: Path) -> None:  
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(nwb.exists, timeout=60, interval=0.005, what="the NWB file")
-        with open(filler, "wb") as f:  # noqa: PTH123 - another program fills the disk
+        with open(filler, "wb") as f:
             try:
                 while True:
                     f.write(b"\0" * (1 << 20))
