@@ -497,6 +497,17 @@ def one_line(text: str, limit: int = 200) -> str:
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
+def tree_hwm(pid: int) -> int | None:
+    """Peak RSS of the largest process in a live tree (``rig2nwb run`` is a small supervisor
+    whose worker does the work), in bytes."""
+    try:
+        pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        pids = [pid]
+    peaks = [h for h in (vm_hwm(p) for p in pids) if h is not None]
+    return max(peaks) if peaks else None
+
+
 def vm_hwm(pid: int) -> int | None:
     """Peak RSS of a live process (Linux /proc VmHWM), in bytes."""
     try:
@@ -571,7 +582,7 @@ def run_latency(args: argparse.Namespace, base: Path, source: FrameSource) -> La
                 if wanted <= set(log.appended_at()):
                     break
                 time.sleep(0.1)
-            hwm = vm_hwm(proc.pid)
+            hwm = tree_hwm(proc.pid)
     finally:
         exit_s, rc = stop_daemon(proc)
         log.thread.join(timeout=10)

@@ -117,6 +117,13 @@ def test_deleted_before_append_is_reported_and_does_not_block() -> None:
                                                   ("append", "f_00002.tif")]
 
 
+def test_partly_appended_file_deleted_before_restart_is_reported() -> None:
+    facts = sf(ff("f_00001.tif", state="appending", present=False), ff("f_00002.tif", quiet=9,
+                                                                      parsed="ok"))
+    acts = plan_session(facts, RULES)
+    assert acts[0].kind == "vanished" and "completely" in acts[0].reason
+
+
 def test_failed_file_does_not_block_later_files() -> None:
     facts = sf(ff("f_00001.tif", state="failed"), ff("f_00002.tif", quiet=9, parsed="ok"))
     assert kinds(plan_session(facts, RULES)) == [("append", "f_00002.tif")]

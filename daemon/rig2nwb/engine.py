@@ -240,6 +240,8 @@ class Engine:
             if sess.state != "finished" and sess.nwb_created:
                 try:
                     self._writer(sess)
+                except NwbRebuilt:
+                    pass  # already logged and reported; the session re-appends from its TIFFs
                 except (NwbBusy, OSError) as exc:
                     self.log.warning("could not check NWB file at start-up; will retry",
                                      stage="recover", session=sess.session, error=str(exc))
@@ -411,10 +413,9 @@ class Engine:
                 return 1
             case "vanished":
                 assert row is not None
-                self.ledger.update_file(row.id, state="vanished",
-                                        error="deleted before it was appended")
-                self._problem(sess, "vanished", f"{PurePosixPath(row.path).name}: deleted before "
-                              "it was appended", row.path, log)
+                self.ledger.update_file(row.id, state="vanished", error=action.reason)
+                self._problem(sess, "vanished", f"{PurePosixPath(row.path).name}: {action.reason}",
+                              row.path, log)
                 return 1
             case "out_of_order":
                 assert row is not None
@@ -534,7 +535,11 @@ class Engine:
         # the settle period would otherwise be appended half-written.
         st = src.stat()
         if (st.st_size, st.st_mtime_ns) != (info.size, info.mtime_ns):
-            writer.trim(committed if done == 0 else first + done)
+            # Undo this pass entirely, including commit points made inside it, and wait for the
+            # file to be complete again (normal completion signals, not the restart shortcut).
+            self.ledger.roll_back(sess.id, committed)
+            self.ledger.update_file(row.id, state="waiting")
+            writer.trim(committed)
             writer.sync()
             self.inspected.pop(row.path, None)
             self.tiffs[row.path].changed_at = time.monotonic()

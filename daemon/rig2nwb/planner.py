@@ -94,10 +94,14 @@ def plan_session(facts: SessionFacts, rules: Rules) -> list[Action]:
         if f.state in ("committed", "appending"):
             last_done = i
     for i, f in enumerate(files):
-        if f.state in RESOLVED or f.state == "appending":
+        if f.state in RESOLVED:
             continue
         if not f.present:
-            actions.append(Action("vanished", f.path, "deleted before it was appended"))
+            partly = f.state == "appending"
+            actions.append(Action("vanished", f.path, "deleted before it was completely appended"
+                                  if partly else "deleted before it was appended"))
+        elif f.state == "appending":
+            continue
         elif i < last_done:
             later = files[last_done].position.name
             actions.append(Action(
@@ -109,9 +113,7 @@ def plan_session(facts: SessionFacts, rules: Rules) -> list[Action]:
 
     done = session_done(facts, rules)
     for i, f in enumerate(files):
-        if f.path in handled or (f.state in RESOLVED):
-            continue
-        if f.state != "appending" and not f.present:
+        if f.path in handled or f.state in RESOLVED or not f.present:
             continue
         return [*actions, *_next_step(f, files[:i], facts, rules, done)]
 

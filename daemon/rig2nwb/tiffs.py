@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -39,21 +40,25 @@ class TiffInfo:
     datetime_tag: datetime | None
 
 
+FULL_PARSE_EVERY = 64  # pages between full header parses (plus the last page)
+
+
 def inspect_tiff(path: Path) -> TiffInfo:
-    """Parse every page header and check that all page data lies inside the file.
+    """Check, without decoding pixels, that a TIFF is complete and holds uniform 2-D frames.
 
     A TIFF still being written (or truncated for good) fails here: tifffile happily lists pages
-    whose data runs past the end of the file, so the extent check is what proves completeness.
+    whose data runs past the end of the file, so the data-extent check is what proves
+    completeness. Pages are listed as light TiffFrames (~4x faster than full headers: 1 s saved
+    per 4 GB); each uncompressed page must hold exactly one frame's bytes, and every 64th page
+    and the last get a full header parse, which catches a different shape or type.
     """
     st = _stat(path)
     if st.st_size == 0:
         raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
         with tifffile.TiffFile(path) as tf:
-            # Full page headers, not TiffFrames: a frame borrows the first page's shape, which
-            # would hide pages of a different shape or type.
             tf.pages.cache = False
-            tf.pages.useframes = False
+            tf.pages.useframes = True
             n = len(tf.pages)
             if n == 0:
                 raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
@@ -64,31 +69,62 @@ def inspect_tiff(path: Path) -> TiffInfo:
                     "bad_page", f"{path.name}: pages of shape {shape} are not single-channel 2-D "
                     "frames (RGB or tiled stacks are not supported)"
                 )
+            frame_bytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
+            uncompressed = first.compression == 1
             dt_tag = _datetime_tag(first)
             end = 0
-            for i in range(n):
-                page = tf.pages[i]
-                if page.shape != shape or page.dtype != dtype:
-                    raise TiffProblem(
-                        "mixed_pages",
-                        f"{path.name}: page {i} is {page.shape} {page.dtype}, page 0 is "
-                        f"{shape} {dtype} (pages of mixed shape or type)",
-                    )
-                for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=True):
-                    end = max(end, off + cnt)
+            try:
+                for i in range(n):
+                    page = tf.pages[i]
+                    counts = page.databytecounts
+                    if uncompressed and sum(counts) != frame_bytes:
+                        raise _mixed(path, i, f"{sum(counts)} bytes of pixel data", shape, dtype)
+                    for off, cnt in zip(page.dataoffsets, counts, strict=True):
+                        end = max(end, off + cnt)
+            except (TiffProblem, ValueError, RuntimeError):
+                _find_mixed_page(tf, path, n, shape, dtype)  # the real cause, when there is one
+                raise
             if end > st.st_size:
+                # TiffFrames borrow the first page's layout, so a page of another shape can look
+                # like data past the end: on this (rare) path, full headers name the real cause.
+                _find_mixed_page(tf, path, n, shape, dtype)
                 raise TiffProblem(
                     "truncated",
                     f"{path.name}: truncated, page data ends at byte {end} but the file has "
                     f"{st.st_size} bytes",
                 )
+            tf.pages.useframes = False
+            for i in sorted({*range(FULL_PARSE_EVERY, n, FULL_PARSE_EVERY), n - 1}):
+                page = tf.pages[i]
+                if page.shape != shape or page.dtype != dtype:
+                    raise _mixed(path, i, f"{page.shape} {page.dtype}", shape, dtype)
     except TiffProblem:
         raise
     except OSError as exc:
         raise _os_problem(path, exc) from exc
     except Exception as exc:  # tifffile raises many types for damaged files
         raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
-    return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns, dt_tag)
+    return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns,
+                    dt_tag)
+
+
+def _find_mixed_page(tf: tifffile.TiffFile, path: Path, n: int, shape: tuple[int, ...],
+                     dtype: Any) -> None:
+    """Parse every page header fully; raise 'mixed_pages' for the first page that differs.
+    Any other failure here is left to the caller's own diagnosis."""
+    tf.pages.useframes = False
+    for i in range(1, n):
+        try:
+            page = tf.pages[i]
+        except Exception:  # a damaged header: not what we are looking for
+            return
+        if page.shape != shape or page.dtype != dtype:
+            raise _mixed(path, i, f"{page.shape} {page.dtype}", shape, dtype)
+
+
+def _mixed(path: Path, i: int, what: str, shape: tuple[int, ...], dtype: Any) -> TiffProblem:
+    return TiffProblem("mixed_pages", f"{path.name}: page {i} is {what}, page 0 is {shape} "
+                       f"{dtype} (pages of mixed shape or type)")
 
 
 def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.ndarray]:
