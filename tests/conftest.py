@@ -181,6 +181,32 @@ def make_lab(tmp_path: Path) -> Callable[..., Lab]:
     return make
 
 
+def run_service(lab: Lab, until: Callable[[Any], bool], timeout: float = 120) -> None:
+    """Run the real service in this thread until ``until(engine)`` holds (stop after timeout)."""
+    import threading
+
+    from rig2nwb.logs import setup_from_config
+    from rig2nwb.service import Service
+
+    cfg = lab.config()
+    setup_from_config(cfg)
+    service = Service(cfg)
+    timer = threading.Timer(timeout, service.request_stop)
+    timer.start()
+    try:
+        service.run(until=until)
+    finally:
+        timer.cancel()
+
+
+def finished(*sessions: str, subject: str = "m1") -> Callable[[Any], bool]:
+    """An ``until`` condition: every named session is finished in the ledger."""
+    def check(engine: Any) -> bool:
+        rows = [engine.ledger.session(subject, s) for s in sessions]
+        return all(r is not None and r.state == "finished" for r in rows)
+    return check
+
+
 def shared_fixture(*parts: str) -> Path:
     path = SHARED.joinpath("fixtures", *parts)
     if not path.exists():

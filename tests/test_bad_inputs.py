@@ -17,38 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig2nwb.engine import Engine
 from rig2nwb.logs import setup_from_config
 from rig2nwb.service import Service
 from rig2nwb.simrig import write_tiff as write_tiff_paced
 from rig2nwb.status import collect
 from tests.conftest import (
     Lab,
+    finished,
     nwb_frames,
     random_frames,
+    run_service,
     tree_checksums,
     wait_for,
     write_tiff,
 )
-
-
-def run_until(lab: Lab, until: Callable[[Engine], bool], timeout: float = 60) -> None:
-    cfg = lab.config()
-    setup_from_config(cfg)
-    service = Service(cfg)
-    timer = threading.Timer(timeout, service.request_stop)
-    timer.start()
-    try:
-        service.run(until=until)
-    finally:
-        timer.cancel()
-
-
-def finished(*sessions: str) -> Callable[[Engine], bool]:
-    def check(engine: Engine) -> bool:
-        rows = [engine.ledger.session("m1", s) for s in sessions]
-        return all(r is not None and r.state == "finished" for r in rows)
-    return check
 
 
 def status_of(lab: Lab, session: str = "s1") -> dict[str, object]:
@@ -65,7 +47,7 @@ def bad_file_case(lab: Lab, make_bad: Callable[[Path], None], expect: str) -> No
     lab.lab_files("s1")
     lab.lab_files("s2")
     before = tree_checksums(lab.root)
-    run_until(lab, finished("s1", "s2"))
+    run_service(lab, finished("s1", "s2"))
     assert tree_checksums(lab.root) == before, "rig files were modified"
     assert np.array_equal(nwb_frames(lab.nwb()), np.concatenate([good1, good2]))
     assert np.array_equal(nwb_frames(lab.nwb("s2")), other)
@@ -134,7 +116,7 @@ def test_deleted_before_it_was_appended(lab: Lab) -> None:
 
     th = threading.Thread(target=rig)
     th.start()
-    run_until(lab, finished("s1"))
+    run_service(lab, finished("s1"))
     th.join()
     assert np.array_equal(nwb_frames(lab.nwb()), keep)
     assert any("x_00001.tif: deleted before it was appended" in p

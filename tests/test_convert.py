@@ -122,3 +122,26 @@ def test_convert_outside_rig_root_is_a_clear_error(lab: Lab, tmp_path) -> None: 
     assert "not inside rig.root" in proc.stderr and "Traceback" not in proc.stderr
     proc = lab.run_cli("convert", str(lab.root / "nope"), "--no-progress")
     assert proc.returncode == 1 and "no such folder" in proc.stderr
+
+
+def test_convert_refuses_while_the_daemon_owns_the_state_folder(lab: Lab) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_for
+
+    lab.tiff("a_00001.tif", random_frames(4))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = lab.state / "rig2nwb.log"
+        wait_for(lambda: log.exists() and '"watching"' in log.read_text(), timeout=60,
+                 what="the daemon to start")
+        proc = lab.run_cli("convert", str(lab.session_dir()), "--no-progress")
+        assert proc.returncode == 1
+        assert "another rig2nwb process is using the state folder" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)

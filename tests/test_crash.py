@@ -38,6 +38,17 @@ def session_state(lab: Lab) -> dict[str, object] | None:
     return rows[0] if rows else None
 
 
+def run_daemon_until_finished(lab: Lab, timeout: float) -> None:
+    """Start the daemon, wait for the session to finish, stop it with SIGTERM."""
+    daemon = start_daemon(lab)
+    try:
+        wait_for(lambda: (session_state(lab) or {}).get("state") == "finished", timeout=timeout,
+                 interval=0.5, what="the session to finish")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+
+
 def frames_for(i: int) -> np.ndarray:
     frames = random_frames(FRAMES_PER_FILE, shape=SHAPE, seed=100 + i)
     frames[:, : SHAPE[0] // 2] //= 256  # half compressible: gzip does real work
@@ -97,13 +108,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(crash_lab: Lab,
           f"{mid_file} left a partly appended file; frames committed after each kill: {progress}")
 
     assert rig_done.wait(60)
-    daemon = start_daemon(lab)
-    try:
-        wait_for(lambda: (session_state(lab) or {}).get("state") == "finished", timeout=300,
-                 interval=0.5, what="session to finish after the last restart")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+    run_daemon_until_finished(lab, timeout=300)
 
     expected = np.concatenate([frames_for(i) for i in written])
     got = nwb_frames(lab.nwb())
@@ -143,13 +148,7 @@ def test_sigterm_stops_within_seconds_and_resumes_exactly(crash_lab: Lab) -> Non
     state = session_state(lab)
     assert state is not None and state["state"] != "finished"  # it really was interrupted
 
-    daemon = start_daemon(lab)
-    try:
-        wait_for(lambda: (session_state(lab) or {}).get("state") == "finished", timeout=120,
-                 interval=0.5, what="session to finish")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+    run_daemon_until_finished(lab, timeout=120)
     assert np.array_equal(nwb_frames(lab.nwb()), np.concatenate(big))
 
 

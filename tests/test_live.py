@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from rig2nwb.engine import Engine
-from rig2nwb.logs import setup_from_config
-from rig2nwb.service import Service
 from rig2nwb.simrig import MovieSpec, SimSession, write_tiff
-from tests.conftest import Lab, nwb_frames, random_frames
+from tests.conftest import Lab, finished, nwb_frames, random_frames, run_service
 from tests.conftest import write_tiff as write_whole_tiff
-
-
-def run_service(lab: Lab, until: Callable[[Engine], bool], timeout: float = 120) -> Service:
-    """Run the real service in a thread until ``until`` holds (or fail after ``timeout``)."""
-    cfg = lab.config()
-    setup_from_config(cfg)
-    service = Service(cfg)
-    timer = threading.Timer(timeout, service.request_stop)
-    timer.start()
-    try:
-        service.run(until=until)
-    finally:
-        timer.cancel()
-    return service
-
-
-def finished(*sessions: str) -> Callable[[Engine], bool]:
-    def check(engine: Engine) -> bool:
-        rows = [engine.ledger.session("m1", s) for s in sessions]
-        return all(r is not None and r.state == "finished" for r in rows)
-    return check
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])

@@ -194,10 +194,14 @@ class Ledger:
         return row
 
     def update_session(self, session_id: int, **fields: Any) -> None:
+        self._update("sessions", session_id, fields)
+
+    def _update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
+        # Column names come from our own keyword arguments, never from outside input.
         fields["updated_at"] = time.time()
         cols = ", ".join(f"{k}=?" for k in fields)
         with self.transaction() as db:
-            db.execute(f"UPDATE sessions SET {cols} WHERE id=?", (*fields.values(), session_id))
+            db.execute(f"UPDATE {table} SET {cols} WHERE id=?", (*fields.values(), row_id))
 
     def frames_committed(self, session_id: int, series: str = SERIES) -> int:
         rows = self._all(
@@ -233,10 +237,7 @@ class Ledger:
         return row
 
     def update_file(self, file_id: int, **fields: Any) -> None:
-        fields["updated_at"] = time.time()
-        cols = ", ".join(f"{k}=?" for k in fields)
-        with self.transaction() as db:
-            db.execute(f"UPDATE files SET {cols} WHERE id=?", (*fields.values(), file_id))
+        self._update("files", file_id, fields)
 
     def commit_frames(
         self, session_id: int, file_id: int, *, file_frames_committed: int, file_state: str,
