@@ -145,3 +145,25 @@ def test_convert_refuses_while_the_daemon_owns_the_state_folder(lab: Lab) -> Non
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_second_daemon_on_the_same_state_folder_stops_with_a_clear_error(lab: Lab) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_for
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = lab.state / "rig2nwb.log"
+        wait_for(lambda: log.exists() and '"watching"' in log.read_text(), timeout=60,
+                 what="the first daemon to start")
+        second = lab.run_cli("run", timeout=120)
+        assert second.returncode == 1
+        assert "another rig2nwb process is using the state folder" in second.stderr
+        assert first.poll() is None  # the first one is untouched
+    finally:
+        first.terminate()
+        first.wait(timeout=30)

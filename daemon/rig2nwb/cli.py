@@ -104,7 +104,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     if cmd == "run":
         from rig2nwb.engine import WriterPoisoned
         from rig2nwb.service import AlreadyRunning, Service
-        from rig2nwb.supervisor import RESTART_CODE, die_with_supervisor
+        from rig2nwb.supervisor import ALREADY_RUNNING_CODE, RESTART_CODE, die_with_supervisor
 
         die_with_supervisor()
         service = Service(cfg)
@@ -113,7 +113,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             return service.run()
         except AlreadyRunning as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
-            return 1
+            return ALREADY_RUNNING_CODE
         except WriterPoisoned:
             _exit_now(RESTART_CODE)
     if cmd == "convert":

@@ -20,6 +20,9 @@ from rig2nwb.logs import get_logger
 from rig2nwb.watcher import FsEvent, start_observer, stop_observer
 
 TICK_SECONDS = 0.5
+# A worker started right after its predecessor was killed may find the lock still held for a
+# moment (the old process is being torn down): wait this long before calling it a second daemon.
+LOCK_WAIT_SECONDS = 10.0
 
 
 class AlreadyRunning(Exception):
@@ -30,12 +33,12 @@ def ledger_path(cfg: Config) -> Path:
     return cfg.state.folder / "ledger.sqlite"
 
 
-def lock_state(cfg: Config) -> FileLock:
+def lock_state(cfg: Config, wait_seconds: float = 0.0) -> FileLock:
     """Take the state folder's lock: one writer per ledger and per NWB file, ever."""
     cfg.state.folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(cfg.state.folder / "rig2nwb.lock")
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=wait_seconds)
     except Timeout:
         raise AlreadyRunning(
             f"another rig2nwb process is using the state folder {cfg.state.folder} "
@@ -71,7 +74,7 @@ class Service:
 
     def run(self, until: Callable[[Engine], bool] | None = None) -> int:
         cfg = self.cfg
-        lock = lock_state(cfg)
+        lock = lock_state(cfg, LOCK_WAIT_SECONDS)
         ledger = Ledger(ledger_path(cfg))
         engine = self.engine = Engine(cfg, ledger)
         if self.stop_event.is_set():

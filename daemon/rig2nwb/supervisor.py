@@ -23,6 +23,7 @@ from rig2nwb.logs import get_logger
 
 RESTART_CODE = 75  # EX_TEMPFAIL: "start me again"
 CONFIG_ERROR_CODE = 2
+ALREADY_RUNNING_CODE = 3  # another daemon owns the state folder
 MAX_BACKOFF_SECONDS = 60.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that ran this long resets the backoff
 
@@ -56,6 +57,8 @@ def supervise(worker_argv: list[str]) -> int:
             return 0  # the worker decided to stop (e.g. its own signal handling)
         if rc == CONFIG_ERROR_CODE:
             return rc  # a bad config does not get better by restarting
+        if rc == ALREADY_RUNNING_CODE:
+            return 1  # a second daemon on the same state folder: the worker said so
         if ran >= HEALTHY_AFTER_SECONDS:
             backoff = 1.0
         if rc == RESTART_CODE and ran >= 5:
