@@ -323,3 +323,17 @@ def test_disk_filling_up_during_an_append(make_lab, small_disk: Path) -> None:  
     assert _cli_status(lab)[0]["problems"] == []
     assert "restarting the worker" in err and "Segmentation" not in err
     print(f"\ncommitted when the disk filled: {committed} of {len(frames)} frames")
+
+
+def test_session_folder_that_would_escape_is_refused_and_visible(lab: Lab) -> None:
+    """A folder named '..' or with a trailing space can never become a session or a file name."""
+    evil = lab.root / "m1" / "tif" / "site1" / "bad name "
+    write_tiff(evil / "x_00001.tif", random_frames(3))
+    good = random_frames(4)
+    write_tiff(lab.session_dir() / "x_00001.tif", good)
+    lab.lab_files()
+    run_service(lab, finished("s1"))
+    assert np.array_equal(nwb_frames(lab.nwb()), good)
+    assert sorted(p.name for p in lab.out.iterdir()) == [lab.nwb().name]
+    table = lab.run_cli("status").stdout
+    assert "rig-wide problem" in table and "is not a safe name" in table and "bad name" in table

@@ -35,7 +35,8 @@ def test_seed_layout_pattern() -> None:
         "subject": "m1", "site": "V1", "session": "2023_01"}
     assert p.match("m1/tif/V1/2023_01/notes.txt") is None
     assert p.match("m1/txt/2023_01_scan.txt") is None
-    assert p.match("../tif/V1/x/a.tif") is None  # '..' is never a session or subject name
+    values = p.match("../tif/V1/x/a.tif")  # matches, but '..' is never used as a name:
+    assert values is not None and not is_safe_name(values["subject"])
 
 
 def test_unsafe_names() -> None:

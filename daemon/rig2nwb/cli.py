@@ -75,7 +75,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
               f"writing to {cfg.output.folder})")
         return 0
     if cmd == "status":
-        from rig2nwb.status import collect, history, render_json, render_table
+        from rig2nwb.status import collect, history, render_json, render_table, rig_problems
 
         cfg = _load(config_path, check_paths=False)
         if args.session:
@@ -86,7 +86,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             print(render_json([record]) if args.json else _history_text(record))
             return 0
         rows = collect(cfg)
-        print(render_json(rows) if args.json else render_table(rows))
+        print(render_json(rows) if args.json else render_table(rows, rig_problems(cfg)))
         return 0
     if cmd == "demo":
         return _demo(args, config_path)

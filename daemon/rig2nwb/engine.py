@@ -286,7 +286,7 @@ class Engine:
             elif row.state == "committed" and (row.size, row.mtime_ns) != (obs.size, obs.mtime_ns):
                 self._committed_file_changed(row, obs)
             return
-        sess = self._session_row(obs.key, obs.site)
+        sess = self._session_row(obs.key, obs.site, obs.rel)
         if sess is None:
             return
         self.ledger.add_file(sess.id, obs.rel, obs.size, obs.mtime_ns)
@@ -312,22 +312,23 @@ class Engine:
                       f"{name}: changed after it was appended ({row.size} -> {obs.size} bytes) and "
                       "later files are already in the NWB file; the change is not in it", row.path, log)
 
-    def _session_row(self, key: Key, site: str) -> SessionRow | None:
+    def _session_row(self, key: Key, site: str, rel: str) -> SessionRow | None:
         sess = self.ledger.session(*key)
         if sess is not None:
             return sess
         subject, session = key
-        if not (is_safe_name(subject) and is_safe_name(session)):
-            self.log.error("unsafe subject/session name; session ignored", stage="watch",
-                           subject=subject, session=session)
-            self.ledger.report_problem(None, "unsafe_name",
-                                       f"subject {subject!r} / session {session!r}: unsafe name")
+        folder = str(PurePosixPath(rel).parent)
+        if not all(is_safe_name(v) for v in (subject, session, site or "x")):
+            self._rig_problem("unsafe_name", folder, f"{folder}: subject {subject!r}, site "
+                              f"{site!r} or session {session!r} is not a safe name for a file "
+                              "('..', separators, leading or trailing spaces); files ignored")
             return None
         nwb_path = self.cfg.output.folder / self.cfg.output.nwb_name.format(
             subject=subject, session=session, site=site)
         if nwb_path.resolve().parent != self.cfg.output.folder.resolve():
-            self.ledger.report_problem(None, "unsafe_name",
-                                       f"{nwb_path.name}: would leave the output folder")
+            self._rig_problem("unsafe_name", folder,
+                              f"{folder}: its NWB file {nwb_path.name} would leave the output "
+                              "folder; files ignored")
             return None
         sess = self.ledger.ensure_session(subject, session, site, str(nwb_path))
         self.ledger.add_event(sess.id, "watch", "session seen")
@@ -744,6 +745,11 @@ class Engine:
         if self.ledger.report_problem(sess.id, code, message, file):
             log.error("problem", stage="check", code=code, file=file, problem=message)
             self.ledger.add_event(sess.id, "problem", message)
+
+    def _rig_problem(self, code: str, file: str, message: str) -> None:
+        """A problem that belongs to no session: reported once, listed by `rig2nwb status`."""
+        if self.ledger.report_problem(None, code, message, file):
+            self.log.error("problem", stage="watch", code=code, file=file, problem=message)
 
     def _clear_file_problems(self, session_id: int, rel: str) -> None:
         for p in self.ledger.problems(session_id):

@@ -90,14 +90,12 @@ class Pattern:
         return cls(text=text, regex=re.compile("^" + body + "$"), names=frozenset(seen))
 
     def match(self, rel_path: str) -> dict[str, str] | None:
-        """Match a rig-relative POSIX path; return the placeholder values or None."""
+        """Match a rig-relative POSIX path; return the placeholder values or None.
+
+        Values are returned as found: callers check ``is_safe_name`` before using one in a path,
+        so that an unsafe folder name is reported instead of silently ignored."""
         m = self.regex.match(rel_path)
-        if m is None:
-            return None
-        values = m.groupdict()
-        if not all(is_safe_name(v) for v in values.values()):
-            return None
-        return values
+        return m.groupdict() if m is not None else None
 
     def render(self, **values: str) -> str:
         """Fill the placeholders (wildcards are left as they are)."""

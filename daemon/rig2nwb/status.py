@@ -19,6 +19,7 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
         return []
     ledger = Ledger(path, readonly=True)
     try:
+        # Rig-wide problems concern every session, so each session lists them too.
         global_problems = [p.message for p in ledger.problems() if p.session_id is None]
         out = []
         for s in ledger.sessions():
@@ -44,6 +45,18 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                 "problems": problems + global_problems,
             })
         return out
+    finally:
+        ledger.close()
+
+
+def rig_problems(cfg: Config) -> list[str]:
+    """Active problems not tied to one session (rig folder unreachable, unsafe names, ...)."""
+    path = ledger_path(cfg)
+    if not path.exists():
+        return []
+    ledger = Ledger(path, readonly=True)
+    try:
+        return [p.message for p in ledger.problems() if p.session_id is None]
     finally:
         ledger.close()
 
@@ -76,9 +89,10 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
         ledger.close()
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
+def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) -> str:
+    footer = "".join(f"\nrig-wide problem: {p}" for p in rig_wide or [])
     if not rows:
-        return "no sessions yet"
+        return "no sessions yet" + footer
     header = ["SUBJECT", "SESSION", "STATE", "FRAMES", "FILES", "NWB SIZE", "UPDATED", "PROBLEM"]
     body = []
     for r in rows:
@@ -95,7 +109,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]
-    return "\n".join(lines)
+    return "\n".join(lines) + footer
 
 
 def render_json(rows: list[dict[str, Any]]) -> str:
