@@ -99,7 +99,7 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) 
         files = f"{r['files_committed']}/{r['files']}"
         if r["files_failed"]:
             files += f" ({r['files_failed']} bad)"
-        problems = r["problems"]
+        problems = [p for p in r["problems"] if p not in (rig_wide or [])]  # those go below
         last = problems[-1] if problems else ""
         if len(problems) > 1:
             last = f"[{len(problems)}] {last}"
