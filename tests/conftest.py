@@ -122,6 +122,13 @@ def write_tiff(path: Path, frames: np.ndarray) -> None:
             tw.write(f, contiguous=False, photometric="minisblack")
 
 
+def append_pages(path: Path, frames: np.ndarray) -> None:
+    """Add pages to an existing TIFF, as a writer that reopens its file does."""
+    with tifffile.TiffWriter(path, append=True) as tw:
+        for f in frames:
+            tw.write(f, contiguous=False, photometric="minisblack")
+
+
 def random_frames(n: int, shape: tuple[int, int] = (32, 48), seed: int = 0,
                   dtype: str = "int16") -> np.ndarray:
     rng = np.random.default_rng(seed)

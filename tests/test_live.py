@@ -9,7 +9,7 @@ import pytest
 
 from rig2nwb.engine import Engine
 from rig2nwb.simrig import MovieSpec, SimSession, write_tiff
-from tests.conftest import Lab, finished, nwb_frames, random_frames, run_service
+from tests.conftest import Lab, append_pages, finished, nwb_frames, random_frames, run_service
 from tests.conftest import write_tiff as write_whole_tiff
 
 
@@ -103,13 +103,6 @@ def test_marker_finishes_session_without_lab_files(make_lab) -> None:  # type: i
 
 
 
-def _append_pages(path, frames) -> None:  # type: ignore[no-untyped-def]
-    import tifffile
-    with tifffile.TiffWriter(path, append=True) as tw:  # a writer reopening its file
-        for f in frames:
-            tw.write(f, contiguous=False, photometric="minisblack")
-
-
 def test_tiff_growing_after_it_was_appended_gets_its_new_pages(lab: Lab) -> None:
     first, more = random_frames(10, seed=1), random_frames(7, seed=2)
     path = lab.session_dir() / "x_00001.tif"
@@ -119,7 +112,7 @@ def test_tiff_growing_after_it_was_appended_gets_its_new_pages(lab: Lab) -> None
     def committed_then_grow(engine: Engine) -> bool:
         row = engine.ledger.file("m1/tif/site1/s1/x_00001.tif")
         if not grown.is_set() and row is not None and row.state == "committed":
-            _append_pages(path, more)  # the rig paused longer than the settle time, then went on
+            append_pages(path, more)  # the rig paused longer than the settle time, then went on
             lab.lab_files()
             grown.set()
         return finished("s1")(engine)
@@ -140,7 +133,7 @@ def test_tiff_changing_after_later_files_were_appended_is_reported(lab: Lab) -> 
     def both_committed_then_change(engine: Engine) -> bool:
         row = engine.ledger.file("m1/tif/site1/s1/x_00002.tif")
         if not changed.is_set() and row is not None and row.state == "committed":
-            _append_pages(lab.session_dir() / "x_00001.tif", random_frames(3, seed=3))
+            append_pages(lab.session_dir() / "x_00001.tif", random_frames(3, seed=3))
             lab.lab_files()
             changed.set()
         return finished("s1")(engine)

@@ -25,7 +25,14 @@ from rig2nwb.config import Config
 from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
 from rig2nwb.ledger import FileRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
-from rig2nwb.nwbwriter import NewFile, NwbDamaged, SeriesAppender, create_nwb, new_identifier
+from rig2nwb.nwbwriter import (
+    NewFile,
+    NwbDamaged,
+    SeriesAppender,
+    create_nwb,
+    is_lock_error,
+    new_identifier,
+)
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
 from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
 
@@ -361,6 +368,7 @@ class Engine:
                 closed=obs.closed if obs else False,
                 parsed=parsed,
                 state=row.state,
+                holds_frames=row.first_frame is not None and row.frames_committed > 0,
             ))
         lab = self.lab.get(key, LabFiles())
         need = [k for k, pat in (("scan", self.cfg.rig.scan_file),
@@ -377,10 +385,8 @@ class Engine:
         sess = self.ledger.session(*key)
         if sess is None:
             return 0
-        if sess.state == "paused":
-            if not self._space_ok(sess, 0):
-                return 0
-            sess = self.ledger.session_by_id(sess.id)
+        if sess.state == "paused" and self._free_bytes() < self._reserve():
+            return 0  # still no room at all; _append resumes the session once its file fits
         actions = plan_session(self._facts(sess), self.rules)
         changed = 0
         for action in actions:
@@ -388,8 +394,10 @@ class Engine:
                 break
             changed += self._act(sess, action)
             sess = self.ledger.session_by_id(sess.id)
-        if changed:
-            self.dirty.add(key)  # something moved: plan this session again next step
+        if changed or any(a.kind == "wait" for a in actions):
+            # Something moved, or a file waits on time (settle, gap): plan again next step,
+            # also for a finished session that got a new file.
+            self.dirty.add(key)
         return changed
 
     def _act(self, sess: SessionRow, action: Action) -> int:
@@ -466,6 +474,7 @@ class Engine:
         frame_bytes = info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize
         if not self._space_ok(sess, frame_bytes * (info.pages - done), log):
             return 0
+        committed_before = self.ledger.frames_committed(sess.id)
         try:
             if not sess.nwb_created:
                 sess = self._create(sess, row, info, log)
@@ -479,7 +488,8 @@ class Engine:
             return self._output_error(sess, exc, log)
         self.ledger.clear_problem(sess.id, "nwb_locked")
         self.ledger.clear_problem(sess.id, "output_error")
-        row = self.ledger.file(row.path) or row  # _writer may have rolled this file back
+        if self.ledger.frames_committed(sess.id) != committed_before:
+            return 1  # opening the file repaired it (rolled back): plan again from the ledger
         try:
             self._stream(sess, row, info, writer, log)
         except TiffProblem as exc:
@@ -497,21 +507,66 @@ class Engine:
     def _stream(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
                 log: Any) -> None:
         committed = self.ledger.frames_committed(sess.id)
+        name = PurePosixPath(row.path).name
         # Frames of this file already committed (a restart mid-file, or a file that grew after
-        # it was appended); only the last file of a series can be partly committed.
+        # it was appended); only the last file of a series can be continued.
         done = row.frames_committed if row.first_frame is not None else 0
-        first = committed - done  # series index of this file's first page
+        first = row.first_frame if row.first_frame is not None else committed
+        if done and first + done != committed:
+            raise TiffProblem("changed_after_commit", f"{name}: {done} of its pages are in the "
+                              "NWB file but later frames follow them; the rest cannot be added")
         if done and row.state != "appending" and not self._same_prefix(writer, self.root / row.path,
                                                                         committed, done):
-            raise TiffProblem("changed_after_commit", f"{PurePosixPath(row.path).name}: its first "
-                              f"{done} pages differ from the frames appended before; not appended")
+            raise TiffProblem("changed_after_commit", f"{name}: its first {done} pages differ "
+                              "from the frames appended before; not appended")
+        t0 = time.monotonic()
+        src = self.root / row.path
+        try:
+            self._copy_pages(sess, row, info, writer, first, done, log)
+        except TiffProblem:
+            self._undo_pass(sess, row, writer, committed)  # nothing of a half-read file stays
+            raise
+        # The file must not have changed while we read it: a writer that paused longer than
+        # the settle period would otherwise be appended half-written.
+        try:
+            st = src.stat()
+            unchanged = (st.st_size, st.st_mtime_ns) == (info.size, info.mtime_ns)
+        except OSError:
+            unchanged = False  # deleted or moved away while we read it
+        if not unchanged:
+            self._undo_pass(sess, row, writer, committed)
+            self.inspected.pop(row.path, None)
+            obs = self.tiffs.get(row.path)
+            if obs is not None:
+                obs.changed_at = time.monotonic()
+            log.warning("file changed while it was being appended; rolled back, will retry "
+                        "when it is complete (consider a longer completion.settle_seconds)")
+            return
+        writer.sync()
+        self.ledger.commit_frames(
+            sess.id, row.id, file_frames_committed=info.pages, file_state="committed",
+            series_frames=first + info.pages, size=info.size, mtime_ns=info.mtime_ns,
+            frames=info.pages, first_frame=first)
+        self._clear_file_problems(sess.id, row.path)
+        dt = time.monotonic() - t0
+        mb = (info.pages - done) * info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize / 1e6
+        if sess.state != "acquiring":
+            self.ledger.update_session(sess.id, state="acquiring")
+        log.info("tiff appended", frames=info.pages - done, first_frame=first,
+                 series_frames=first + info.pages, seconds=round(dt, 3),
+                 mb_per_s=round(mb / dt, 1) if dt > 0 else None)
+        self.ledger.add_event(sess.id, "append", f"{row.path}: {info.pages - done} frames "
+                              f"appended at frame {first}")
+
+    def _copy_pages(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
+                    first: int, done: int, log: Any) -> None:
+        """Stream pages ``done``.. of the file into the series at ``first + done``, flushing every
+        batch and committing every ``commit_every_frames`` (and when asked to stop)."""
         rate = self.cfg.imaging.frame_rate
         batch, every = self.cfg.append.batch_frames, self.cfg.append.commit_every_frames
-        t0 = time.monotonic()
         since_commit = 0
         pos = done
-        src = self.root / row.path
-        for frames in read_batches(src, done, info.pages, batch):
+        for frames in read_batches(self.root / row.path, done, info.pages, batch):
             n = frames.shape[0]
             idx = np.arange(first + pos, first + pos + n, dtype="f8")
             writer.write(first + pos, frames, idx / rate)
@@ -532,36 +587,15 @@ class Engine:
                     log.info("stopping: partial file committed", frames_committed=pos,
                              frames_in_file=info.pages)
                     raise Stopped()
-        # The file must not have changed while we read it: a writer that paused longer than
-        # the settle period would otherwise be appended half-written.
-        st = src.stat()
-        if (st.st_size, st.st_mtime_ns) != (info.size, info.mtime_ns):
-            # Undo this pass entirely, including commit points made inside it, and wait for the
-            # file to be complete again (normal completion signals, not the restart shortcut).
-            self.ledger.roll_back(sess.id, committed)
-            self.ledger.update_file(row.id, state="waiting")
-            writer.trim(committed)
-            writer.sync()
-            self.inspected.pop(row.path, None)
-            self.tiffs[row.path].changed_at = time.monotonic()
-            log.warning("file changed while it was being appended; rolled back, will retry "
-                        "when it is complete (consider a longer completion.settle_seconds)")
-            return
+
+    def _undo_pass(self, sess: SessionRow, row: FileRow, writer: SeriesAppender,
+                   committed: int) -> None:
+        """Forget everything this pass over a file added, commit points included, and let the
+        file wait for its completion signals again."""
+        self.ledger.roll_back(sess.id, committed)
+        self.ledger.update_file(row.id, state="waiting")
+        writer.trim(committed)
         writer.sync()
-        self.ledger.commit_frames(
-            sess.id, row.id, file_frames_committed=info.pages, file_state="committed",
-            series_frames=first + info.pages, size=info.size, mtime_ns=info.mtime_ns,
-            frames=info.pages, first_frame=first)
-        self._clear_file_problems(sess.id, row.path)
-        dt = time.monotonic() - t0
-        mb = (info.pages - done) * info.shape[0] * info.shape[1] * np.dtype(info.dtype).itemsize / 1e6
-        if sess.state != "acquiring":
-            self.ledger.update_session(sess.id, state="acquiring")
-        log.info("tiff appended", frames=info.pages - done, first_frame=first,
-                 series_frames=first + info.pages, seconds=round(dt, 3),
-                 mb_per_s=round(mb / dt, 1) if dt > 0 else None)
-        self.ledger.add_event(sess.id, "append", f"{row.path}: {info.pages - done} frames "
-                              f"appended at frame {first}")
 
     def _same_prefix(self, writer: SeriesAppender, src: Path, committed: int, done: int) -> bool:
         """Does the TIFF still hold, as its page ``done-1``, the last frame we appended from it?"""
@@ -611,7 +645,9 @@ class Engine:
         except NwbDamaged as exc:
             return self._rebuild(sess, str(exc), log)
         except OSError as exc:
-            raise NwbBusy(f"{path.name}: locked by another program ({exc}); will retry") from exc
+            if is_lock_error(exc):
+                raise NwbBusy(f"{path.name}: locked by another program; will retry") from exc
+            raise  # permissions and the like: reported as an output problem, retried
         try:
             self._repair(sess, appender, log)
         except (OSError, RuntimeError) as exc:
@@ -651,6 +687,16 @@ class Engine:
             return committed
         last = max(rows, key=lambda r: r.first_frame or 0)
         assert last.first_frame is not None
+        try:
+            st = (self.root / last.path).stat()
+        except OSError:
+            st = None
+        if st is None or (st.st_size, st.st_mtime_ns) != (last.size, last.mtime_ns):
+            # The TIFF is gone or no longer what was appended: it cannot vouch for the frames,
+            # and the NWB file keeps them (the change itself is reported by the watcher).
+            log.info("tail not checked: its TIFF changed or is gone since it was appended",
+                     file=last.path)
+            return committed
         k = min(TAIL_CHECK_FRAMES, last.frames_committed)
         start_in_file = last.frames_committed - k
         try:
@@ -767,13 +813,19 @@ class Engine:
                 self.inspected.pop(r.path, None)
                 self.dirty.add(self.tiffs[p.file].key)
 
-    def _space_ok(self, sess: SessionRow, needed: int, log: Any = None) -> bool:
-        folder = self.cfg.output.folder
+    def _free_bytes(self) -> int:
         try:
-            free = shutil.disk_usage(folder).free
+            return shutil.disk_usage(self.cfg.output.folder).free
         except OSError:
-            return True
-        reserve = self.cfg.output.min_free_mb * 1_000_000
+            return 1 << 62  # unknown: let the write itself tell
+
+    def _reserve(self) -> int:
+        return self.cfg.output.min_free_mb * 1_000_000
+
+    def _space_ok(self, sess: SessionRow, needed: int, log: Any = None) -> bool:
+        """Is there room for ``needed`` more bytes? Pauses or resumes the session accordingly."""
+        free = self._free_bytes()
+        reserve = self._reserve()
         if free >= reserve + needed:
             if sess.state == "paused":
                 self.ledger.update_session(sess.id, state="acquiring")

@@ -175,12 +175,11 @@ class SeriesAppender:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._f = h5py.File(path, "a")
-        except FileNotFoundError:
-            raise
+            # "r+", not "a": a missing file must say so, not be created empty.
+            self._f = h5py.File(path, "r+")
         except OSError as exc:
-            if _is_lock_error(exc):
-                raise
+            if exc.errno is not None:
+                raise  # missing, locked, no permission...: the file itself may be fine
             raise NwbDamaged(f"{path.name}: cannot be opened as HDF5 ({exc})") from exc
         try:
             self.data = self._f[f"{SERIES_PATH}/data"]
@@ -229,7 +228,8 @@ class SeriesAppender:
         self._f.close()
 
 
-def _is_lock_error(exc: OSError) -> bool:
+def is_lock_error(exc: OSError) -> bool:
+    """HDF5's file lock is held by another process (a reader, or a second writer)."""
     text = str(exc).lower()
     return "unable to lock" in text or "resource temporarily unavailable" in text or (
         exc.errno == 11

@@ -45,6 +45,7 @@ class FileFacts:
     closed: bool  # a close-write event came after the last change
     parsed: Parsed  # inspection result for the current size and mtime
     state: str  # ledger state: waiting, appending, committed, failed, vanished, out_of_order
+    holds_frames: bool = False  # some of its frames are in the series, whatever its state
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def plan_session(facts: SessionFacts, rules: Rules) -> list[Action]:
 
     last_done = -1  # index in ``files`` of the last file that holds committed frames
     for i, f in enumerate(files):
-        if f.state in ("committed", "appending"):
+        if f.state in ("committed", "appending") or f.holds_frames:
             last_done = i
     for i, f in enumerate(files):
         if f.state in RESOLVED:
