@@ -109,6 +109,23 @@ class Lab:
     def nwb(self, session: str = "s1", subject: str = "m1") -> Path:
         return self.out / f"sub-{subject}_ses-{session}.nwb"
 
+    def start_daemon(self, *, wait_until_watching: bool = True,
+                     prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+        """`rig2nwb run` as a child process (supervisor + worker), optionally until it watches;
+        ``prefix`` wraps the command (e.g. setpriv)."""
+        daemon = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "rig2nwb", "run", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if wait_until_watching:
+            log = self.state / "rig2nwb.log"
+            try:
+                wait_for(lambda: log.exists() and '"watching"' in log.read_text(), timeout=60,
+                         what="the daemon to start watching")
+            except AssertionError:
+                daemon.kill()
+                raise
+        return daemon
+
     def run_cli(self, *args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "rig2nwb", *args, "--config", str(self.config_path)],

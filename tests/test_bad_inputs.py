@@ -140,10 +140,8 @@ def perm_lab(lab: Lab) -> Lab:
 
 
 def _start_daemon(lab: Lab) -> subprocess.Popen[str]:
-    prefix = DROP_DAC if os.geteuid() == 0 else []
-    return subprocess.Popen(
-        [*prefix, sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return lab.start_daemon(wait_until_watching=False,
+                            prefix=tuple(DROP_DAC) if os.geteuid() == 0 else ())
 
 
 def _make_unwritable(folder: Path) -> None:
@@ -295,9 +293,7 @@ def test_disk_filling_up_during_an_append(make_lab, small_disk: Path) -> None:  
     lab.lab_files()
     filler = small_disk / "other-program.bin"
     nwb = out / lab.nwb().name
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = lab.start_daemon(wait_until_watching=False)
     try:
         wait_for(nwb.exists, timeout=60, interval=0.005, what="the NWB file")
         with open(filler, "wb") as f:

@@ -125,19 +125,9 @@ def test_convert_outside_rig_root_is_a_clear_error(lab: Lab, tmp_path) -> None: 
 
 
 def test_convert_refuses_while_the_daemon_owns_the_state_folder(lab: Lab) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import wait_for
-
     lab.tiff("a_00001.tif", random_frames(4))
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = lab.start_daemon()
     try:
-        log = lab.state / "rig2nwb.log"
-        wait_for(lambda: log.exists() and '"watching"' in log.read_text(), timeout=60,
-                 what="the daemon to start")
         proc = lab.run_cli("convert", str(lab.session_dir()), "--no-progress")
         assert proc.returncode == 1
         assert "another rig2nwb process is using the state folder" in proc.stderr
@@ -148,18 +138,8 @@ def test_convert_refuses_while_the_daemon_owns_the_state_folder(lab: Lab) -> Non
 
 
 def test_second_daemon_on_the_same_state_folder_stops_with_a_clear_error(lab: Lab) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import wait_for
-
-    first = subprocess.Popen(
-        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = lab.start_daemon()
     try:
-        log = lab.state / "rig2nwb.log"
-        wait_for(lambda: log.exists() and '"watching"' in log.read_text(), timeout=60,
-                 what="the first daemon to start")
         second = lab.run_cli("run", timeout=120)
         assert second.returncode == 1
         assert "another rig2nwb process is using the state folder" in second.stderr

@@ -10,8 +10,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,12 +24,6 @@ FRAMES_PER_FILE = 150
 SHAPE = (128, 128)
 
 
-def start_daemon(lab: Lab) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rig2nwb", "run", "--config", str(lab.config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def session_state(lab: Lab) -> dict[str, object] | None:
     proc = lab.run_cli("status", "--json", timeout=60)
     rows = json.loads(proc.stdout) if proc.returncode == 0 else []
@@ -40,7 +32,7 @@ def session_state(lab: Lab) -> dict[str, object] | None:
 
 def run_daemon_until_finished(lab: Lab, timeout: float) -> None:
     """Start the daemon, wait for the session to finish, stop it with SIGTERM."""
-    daemon = start_daemon(lab)
+    daemon = lab.start_daemon(wait_until_watching=False)
     try:
         wait_for(lambda: (session_state(lab) or {}).get("state") == "finished", timeout=timeout,
                  interval=0.5, what="the session to finish")
@@ -91,7 +83,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(crash_lab: Lab,
     phases: dict[str, int] = {}
     progress: list[int] = []
     while kills < trials:
-        daemon = start_daemon(lab)
+        daemon = lab.start_daemon(wait_until_watching=False)
         # Start-up (imports, recovery) takes ~1.5 s: the spread also kills during recovery.
         time.sleep(rng.uniform(0.5, 4.0))
         if daemon.poll() is not None:
@@ -135,7 +127,7 @@ def test_sigterm_stops_within_seconds_and_resumes_exactly(crash_lab: Lab) -> Non
         frames[:, :128] //= 256
         write_tiff(lab.session_dir() / f"s1_{i + 1:05d}.tif", frames)
     lab.lab_files()
-    daemon = start_daemon(lab)
+    daemon = lab.start_daemon(wait_until_watching=False)
     log = lab.state / "rig2nwb.log"
     wait_for(lambda: log.exists() and '"nwb created"' in log.read_text(), timeout=60,
              what="the daemon to start appending")
