@@ -116,6 +116,34 @@ class ImagingConfig(_Section):
     grid_spacing_um: list[float] | None = Field(None, min_length=2, max_length=2)
 
 
+class TrialColumn(_Section):
+    description: str = Field(min_length=1)
+    unit: str = ""
+
+
+class TrialsConfig(_Section):
+    """The lab's trial file: one trial per line, whitespace-separated columns in this order.
+
+    "" (or "-") names a column that is read but not stored. ``stim_on`` (onset) and ``stim_dur``
+    (duration) are required. Times are in ``time_unit``, on the same clock as the scan file."""
+
+    columns: list[str] = Field(
+        default_factory=lambda: ["stim_on", "stim_dur", "", "sf", "", "dir"], min_length=2)
+    time_unit: Literal["ms", "s"] = "ms"
+    pad_before_ms: float = Field(500.0, ge=0)
+    pad_after_ms: float = Field(500.0, ge=0)
+    column_info: dict[str, TrialColumn] = Field(default_factory=lambda: {
+        "sf": TrialColumn(description="spatial frequency of the grating", unit="cycles/degree"),
+        "dir": TrialColumn(description="drift direction of the grating", unit="degrees"),
+    })
+
+
+class ScanConfig(_Section):
+    """The lab's scan file: frame onsets, whitespace-separated, on the first line."""
+
+    time_unit: Literal["ms", "s"] = "ms"
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
@@ -135,6 +163,8 @@ class Config(_Section):
     subject: SubjectConfig = SubjectConfig()
     device: DeviceConfig = DeviceConfig()
     imaging: ImagingConfig = ImagingConfig()
+    scan: ScanConfig = ScanConfig()
+    trials: TrialsConfig = TrialsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Compiled patterns, built once: every scan matches thousands of paths against them.
@@ -263,6 +293,19 @@ def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
             ZoneInfo(tzname)
         except (ZoneInfoNotFoundError, ValueError):
             problems.append(f"session.timezone: unknown time zone {tzname!r} (e.g. 'Europe/Berlin')")
+    columns = _get(raw, "trials", "columns")
+    if isinstance(columns, list) and all(isinstance(c, str) for c in columns):
+        named = [c for c in columns if c not in ("", "-")]
+        for required in ("stim_on", "stim_dur"):
+            if required not in named:
+                problems.append(f"trials.columns: needs a '{required}' column")
+        dupes = sorted({c for c in named if named.count(c) > 1})
+        if dupes:
+            problems.append(f"trials.columns: repeated column name(s) {', '.join(dupes)}")
+        reserved = sorted(set(named) & {"start_time", "stop_time", "stim_off", "id"})
+        if reserved:
+            problems.append(f"trials.columns: {', '.join(reserved)} is computed by rig2nwb; "
+                            "use another name")
     batch = _get(raw, "append", "batch_frames")
     commit = _get(raw, "append", "commit_every_frames")
     if isinstance(batch, int) and isinstance(commit, int) and commit < batch:
