@@ -99,12 +99,14 @@ class Lab:
         write_tiff(path, frames)
         return path
 
-    def lab_files(self, session: str = "s1", subject: str = "m1", n_frames: int = 0) -> None:
+    def lab_files(self, session: str = "s1", subject: str = "m1", *, n_frames: int) -> None:
+        """The lab's scan file (onsets of ``n_frames`` frames at exactly 30 Hz, in ms: equal to
+        the nominal timestamps) and a one-trial trial file."""
         txt = self.root / subject / "txt"
         txt.mkdir(parents=True, exist_ok=True)
         (txt / f"{session}_scan.txt").write_text(
-            " ".join(f"{i * 33.3:.1f}" for i in range(n_frames)) + "\n")
-        (txt / f"{session}_trial.txt").write_text("1000 500 0 0.04 0 90\n")
+            " ".join(repr(i * 1000.0 / 30.0) for i in range(n_frames)) + "\n")
+        (txt / f"{session}_trial.txt").write_text("10 5 0 0.04 0 90\n")
 
     def nwb(self, session: str = "s1", subject: str = "m1") -> Path:
         return self.out / f"sub-{subject}_ses-{session}.nwb"

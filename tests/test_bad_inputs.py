@@ -44,8 +44,8 @@ def bad_file_case(lab: Lab, make_bad: Callable[[Path], None], expect: str) -> No
     make_bad(lab.session_dir() / "x_00002.tif")
     write_tiff(lab.session_dir() / "x_00003.tif", good2)
     write_tiff(lab.session_dir("s2") / "y_00001.tif", other)
-    lab.lab_files("s1")
-    lab.lab_files("s2")
+    lab.lab_files("s1", n_frames=len(good1) + len(good2))
+    lab.lab_files("s2", n_frames=len(other))
     before = tree_checksums(lab.root)
     run_service(lab, finished("s1", "s2"))
     assert tree_checksums(lab.root) == before, "rig files were modified"
@@ -112,7 +112,7 @@ def test_deleted_before_it_was_appended(lab: Lab) -> None:
         t.join()
         doomed.unlink()  # ...and the lab deletes it (aborted acquisition)
         write_tiff(lab.session_dir() / "x_00002.tif", keep)
-        lab.lab_files()
+        lab.lab_files(n_frames=len(keep))
 
     th = threading.Thread(target=rig)
     th.start()
@@ -179,7 +179,7 @@ def test_unreadable_tiff_is_reported_then_appended_once_readable(perm_lab: Lab) 
                  interval=0.5, what="permission problem in status")
         assert daemon.poll() is None, "daemon died on an unreadable file"
         os.chmod(lab.session_dir() / "x_00002.tif", 0o644)  # the lab fixes the permissions
-        lab.lab_files()
+        lab.lab_files(n_frames=len(good) + len(secret))
         wait_for(_finished(lab), timeout=60, interval=0.5, what="session to finish after the fix")
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -192,7 +192,7 @@ def test_output_folder_not_writable_then_fixed(perm_lab: Lab) -> None:
     lab = perm_lab
     frames = random_frames(6)
     write_tiff(lab.session_dir() / "x_00001.tif", frames)
-    lab.lab_files()
+    lab.lab_files(n_frames=len(frames))
     _make_unwritable(lab.out)
     daemon = _start_daemon(lab)
     try:
@@ -237,7 +237,7 @@ def test_disk_full_pauses_then_resumes_when_space_returns(make_lab, small_disk: 
     files = [np.concatenate([f, f]) for f in files]  # 120 frames = 3.9 MB each, 15.7 MB total
     for i, f in enumerate(files):
         write_tiff(lab.session_dir() / f"x_{i + 1:05d}.tif", f)
-    lab.lab_files()
+    lab.lab_files(n_frames=sum(len(f) for f in files))
     cfg = lab.config()
     setup_from_config(cfg)
     service = Service(cfg)
@@ -290,7 +290,7 @@ def test_disk_filling_up_during_an_append(make_lab, small_disk: Path) -> None:  
                         append={"batch_frames": 8, "commit_every_frames": 32})
     frames = random_frames(240, shape=(128, 128), seed=4)  # 7.9 MB
     write_tiff(lab.session_dir() / "x_00001.tif", frames)
-    lab.lab_files()
+    lab.lab_files(n_frames=len(frames))
     filler = small_disk / "other-program.bin"
     nwb = out / lab.nwb().name
     daemon = lab.start_daemon(wait_until_watching=False)
@@ -327,7 +327,7 @@ def test_session_folder_that_would_escape_is_refused_and_visible(lab: Lab) -> No
     write_tiff(evil / "x_00001.tif", random_frames(3))
     good = random_frames(4)
     write_tiff(lab.session_dir() / "x_00001.tif", good)
-    lab.lab_files()
+    lab.lab_files(n_frames=len(good))
     run_service(lab, finished("s1"))
     assert np.array_equal(nwb_frames(lab.nwb()), good)
     assert sorted(p.name for p in lab.out.iterdir()) == [lab.nwb().name]

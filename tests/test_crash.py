@@ -126,7 +126,7 @@ def test_sigterm_stops_within_seconds_and_resumes_exactly(crash_lab: Lab) -> Non
     for i, frames in enumerate(big):
         frames[:, :128] //= 256
         write_tiff(lab.session_dir() / f"s1_{i + 1:05d}.tif", frames)
-    lab.lab_files()
+    lab.lab_files(n_frames=sum(len(f) for f in big))
     daemon = lab.start_daemon(wait_until_watching=False)
     log = lab.state / "rig2nwb.log"
     wait_for(lambda: log.exists() and '"nwb created"' in log.read_text(), timeout=60,

@@ -90,7 +90,7 @@ def test_repair_on_reopen_is_followed_by_a_fresh_plan(make_lab) -> None:  # type
     p1, p2, p3 = (random_frames(6, seed=s) for s in (1, 2, 3))
     lab.tiff("run_00001.tif", p1)
     lab.tiff("run_00002.tif", p2)
-    lab.lab_files()
+    lab.lab_files(n_frames=12)  # p1 + p2 (p3 comes after the finish)
     e = engine_for(lab)
     deadline = time.monotonic() + 30
     while not finished("s1")(e):
@@ -113,7 +113,7 @@ def test_new_file_for_a_finished_session_without_close_events(make_lab) -> None:
                                     "signals": ["next_file", "stable"]})
     a, b = random_frames(6, seed=1), random_frames(5, seed=2)
     lab.tiff("run_00001.tif", a)
-    lab.lab_files()
+    lab.lab_files(n_frames=len(a))  # b comes after the finish
     written: list[float] = []
 
     def add_file_once_finished_then_wait(engine: Engine) -> bool:

@@ -51,7 +51,7 @@ def test_file_being_written_never_blocks_other_sessions(lab: Lab) -> None:
     try:
         fast = random_frames(30, seed=9)
         write_whole_tiff(lab.session_dir("fast") / "fast_00001.tif", fast)
-        lab.lab_files("fast")
+        lab.lab_files("fast", n_frames=len(fast))
         run_service(lab, finished("fast"))
         assert np.array_equal(nwb_frames(lab.nwb("fast")), fast)
         assert not lab.nwb("slow").exists()  # never appended partially
@@ -69,7 +69,7 @@ def test_out_of_order_arrival_is_appended_in_run_order(lab: Lab) -> None:
     def late_first_file() -> None:
         done.wait(1.5)  # well past the settle time of file 2
         write_whole_tiff(lab.session_dir() / "x_00001.tif", a)
-        lab.lab_files()
+        lab.lab_files(n_frames=len(a) + len(b))
 
     t = threading.Thread(target=late_first_file)
     t.start()
@@ -82,7 +82,7 @@ def test_restart_after_finish_changes_nothing(lab: Lab) -> None:
     from tests.conftest import sha256
 
     write_whole_tiff(lab.session_dir() / "x_00001.tif", random_frames(5))
-    lab.lab_files()
+    lab.lab_files(n_frames=5)
     run_service(lab, finished("s1"))
     before = (sha256(lab.nwb()), lab.nwb().stat().st_mtime_ns)
     import time
@@ -113,7 +113,7 @@ def test_tiff_growing_after_it_was_appended_gets_its_new_pages(lab: Lab) -> None
         row = engine.ledger.file("m1/tif/site1/s1/x_00001.tif")
         if not grown.is_set() and row is not None and row.state == "committed":
             append_pages(path, more)  # the rig paused longer than the settle time, then went on
-            lab.lab_files()
+            lab.lab_files(n_frames=len(first) + len(more))
             grown.set()
         return finished("s1")(engine)
 
@@ -134,7 +134,7 @@ def test_tiff_changing_after_later_files_were_appended_is_reported(lab: Lab) -> 
         row = engine.ledger.file("m1/tif/site1/s1/x_00002.tif")
         if not changed.is_set() and row is not None and row.state == "committed":
             append_pages(lab.session_dir() / "x_00001.tif", random_frames(3, seed=3))
-            lab.lab_files()
+            lab.lab_files(n_frames=len(a) + len(b))
             changed.set()
         return finished("s1")(engine)
 

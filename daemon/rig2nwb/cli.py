@@ -175,7 +175,8 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
 def _history_text(record: dict[str, object]) -> str:
     lines = [f"{record['subject']}/{record['session']}: {record['state']}, "
              f"{record['frames']} frames -> {record['nwb_path']}",
-             f"session start {record['start_time']} (from {record['start_source']})", "files:"]
+             f"session start {record['start_time']} (from {record['start_source']})",
+             f"timestamps: {record['timestamps']}", "files:"]
     for f in record["files"]:  # type: ignore[attr-defined]
         lines.append(f"  {f['state']:<12} {f['frames'] or '':>6} frames  {f['path']}"
                      + (f"  ({f['error']})" if f["error"] else ""))

@@ -139,9 +139,16 @@ class TrialsConfig(_Section):
 
 
 class ScanConfig(_Section):
-    """The lab's scan file: frame onsets, whitespace-separated, on the first line."""
+    """The lab's scan file: frame onsets, whitespace-separated, on the first line.
+
+    ``on_mismatch`` when the number of onsets differs from the number of frames:
+    ``keep_nominal`` leaves the nominal-rate timestamps and reports the mismatch;
+    ``drop_extra_onsets`` uses the first onsets when there are more onsets than frames (a scan
+    clock that kept ticking after the last saved frame) and reports how many were dropped; fewer
+    onsets than frames always keeps the nominal timestamps. Frames are never shifted."""
 
     time_unit: Literal["ms", "s"] = "ms"
+    on_mismatch: Literal["keep_nominal", "drop_extra_onsets"] = "keep_nominal"
 
 
 class LoggingConfig(_Section):

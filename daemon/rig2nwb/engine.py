@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from rig2nwb.config import Config
+from rig2nwb.labfiles import LabFileProblem, read_scan_file
 from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
 from rig2nwb.ledger import FileRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
@@ -58,9 +59,11 @@ class Obs:
 
 @dataclass
 class LabFiles:
-    scan: bool = False
-    trial: bool = False
-    marker: bool = False
+    """Rig-relative paths of a session's lab files ("" while absent)."""
+
+    scan: str = ""
+    trial: str = ""
+    marker: str = ""
 
 
 @dataclass
@@ -136,10 +139,22 @@ class Engine:
                     seen.add(rel)
         for rel in [r for r in self.tiffs if r not in seen]:
             self._forget(rel)
+        if self.convert_scope is not None:
+            self._find_lab_files(lab)
         for key in set(lab) | set(self.lab):
             if lab.get(key, LabFiles()) != self.lab.get(key, LabFiles()):
                 self.dirty.add(key)
         self.lab = lab
+
+    def _find_lab_files(self, lab: dict[Key, LabFiles]) -> None:
+        """For convert: look up the lab files of the sessions in scope by their patterns."""
+        for obs in {o.key: o for o in self.tiffs.values()}.values():
+            values = {"subject": obs.key[0], "session": obs.key[1], "site": obs.site}
+            for _, pat in self.lab_pats:
+                rendered = pat.render(**values)
+                for full in sorted(self.root.glob(rendered)):
+                    if full.is_file():
+                        self._classify(full.relative_to(self.root).as_posix(), full, lab)
 
     def observe(self, path: Path, kind: str) -> None:
         """Handle one watcher event (created, modified, closed, deleted, moved)."""
@@ -173,7 +188,7 @@ class Engine:
             if v is not None and full.is_file():
                 key = (v.get("subject") or self.cfg.rig.subject, v["session"])
                 entry = lab.setdefault(key, LabFiles())
-                lab[key] = LabFiles(**{**entry.__dict__, kind: True})
+                lab[key] = LabFiles(**{**entry.__dict__, kind: rel})
                 return "lab"
         return None
 
@@ -375,7 +390,7 @@ class Engine:
                                   ("trial", self.cfg.rig.trial_file)) if pat]
         return SessionFacts(
             files=facts,
-            marker=lab.marker,
+            marker=bool(lab.marker),
             lab_files_present=all(getattr(lab, k) for k in need),
             idle_for=(now_w - newest / 1e9) if newest else 0.0,
             finished=sess.state == "finished",
@@ -436,8 +451,7 @@ class Engine:
                 assert row is not None
                 return self._append(sess, row, log)
             case "finalize":
-                self._finalize(sess, log)
-                return 1
+                return self._finalize(sess, log)
         return 0  # pragma: no cover
 
     # --- appending ---------------------------------------------------------------------------
@@ -769,7 +783,9 @@ class Engine:
 
     # --- session end, problems ---------------------------------------------------------------
 
-    def _finalize(self, sess: SessionRow, log: Any) -> None:
+    def _finalize(self, sess: SessionRow, log: Any) -> int:
+        if not self._apply_scan_onsets(sess, log):
+            return 0  # the NWB file could not be opened now: finalize again later
         self._drop_writer(sess.id)
         frames = self.ledger.frames_committed(sess.id)
         files = [r for r in self.ledger.files(sess.id)]
@@ -779,6 +795,59 @@ class Engine:
                  files=sum(r.state == "committed" for r in files),
                  failed_files=sum(r.state not in ("committed",) for r in files),
                  nwb=sess.nwb_path)
+        return 1
+
+    def _apply_scan_onsets(self, sess: SessionRow, log: Any) -> bool:
+        """Replace the nominal timestamps with the measured onsets of the lab's scan file.
+
+        A count mismatch is reported and handled by ``scan.on_mismatch``; frames are never
+        shifted against onsets. A scan file that cannot be parsed is reported with its line; the
+        frames and their nominal timestamps stay as they are."""
+        rel = self.lab.get((sess.subject, sess.session), LabFiles()).scan
+        if not rel:
+            return True
+        name = PurePosixPath(rel).name
+        log = log.bind(stage="finalize", file=rel)
+        try:
+            onsets = read_scan_file(self.root / rel, self.cfg.scan).seconds
+        except LabFileProblem as exc:
+            self._problem(sess, "scan_file", f"{exc}; timestamps stay nominal", rel, log)
+            return True
+        self.ledger.clear_problem(sess.id, "scan_file", rel)
+        frames = self.ledger.frames_committed(sess.id)
+        rate = self.cfg.imaging.frame_rate
+        if len(onsets) != frames:
+            mismatch = f"{name}: {len(onsets)} frame onsets for {frames} frames"
+            if len(onsets) > frames and self.cfg.scan.on_mismatch == "drop_extra_onsets":
+                self._problem(sess, "scan_mismatch", f"{mismatch}; the last "
+                              f"{len(onsets) - frames} onsets were dropped "
+                              "(scan.on_mismatch = drop_extra_onsets)", rel, log)
+                onsets = onsets[:frames]
+            else:
+                self._problem(sess, "scan_mismatch", f"{mismatch}; timestamps stay nominal "
+                              f"({rate:g} Hz), see scan.on_mismatch", rel, log)
+                return True
+        else:
+            self.ledger.clear_problem(sess.id, "scan_mismatch", rel)
+        source = f"measured frame onsets from {name}"
+        try:
+            writer = self._writer(sess)
+        except NwbRebuilt:
+            return False  # re-planned from scratch; finalize comes again
+        except OSError as exc:  # locked by a reader, permissions: report, try again later
+            self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
+                          f"{Path(sess.nwb_path).name}: cannot be opened to write the measured "
+                          f"timestamps ({exc}); will retry", "", log)
+            return False
+        try:
+            writer.set_timestamps(onsets, f"timestamps: {source}")
+            writer.sync()
+        except (OSError, RuntimeError) as exc:
+            self._write_failed(sess.id, exc)
+        self.ledger.update_session(sess.id, timestamps_source=source)
+        log.info("timestamps from scan file", frames=frames, first=round(float(onsets[0]), 6),
+                 last=round(float(onsets[-1]), 6))
+        return True
 
     def _fail_file(self, sess: SessionRow, row: FileRow, problem: TiffProblem, log: Any) -> None:
         obs = self.tiffs.get(row.path)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
+    timestamps_source TEXT,
     UNIQUE (subject, session)
 );
 CREATE TABLE IF NOT EXISTS series (
@@ -98,6 +99,11 @@ class SessionRow:
     created_at: float
     updated_at: float
     finished_at: float | None
+    timestamps_source: str | None = None
+
+
+# Columns added after the first release: ledgers created before get them on open.
+_ADDED_COLUMNS = {"sessions": [("timestamps_source", "TEXT")]}
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,11 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
 

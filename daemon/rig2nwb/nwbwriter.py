@@ -213,6 +213,12 @@ class SeriesAppender:
         self.data[start:end] = frames
         self.timestamps[start:end] = stamps
 
+    def set_timestamps(self, stamps: np.ndarray, note: str) -> None:
+        """Replace the timestamps of the first ``len(stamps)`` frames; ``note`` goes into the
+        series' comments (which source the times come from)."""
+        self.timestamps[: len(stamps)] = stamps
+        self._f[SERIES_PATH].attrs["comments"] = note
+
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.data[start:stop])
 

@@ -52,7 +52,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
     per 4 GB); each uncompressed page must hold exactly one frame's bytes, and every 64th page
     and the last get a full header parse, which catches a different shape or type.
     """
-    st = _stat(path)
+    st = stat_readable(path)
     if st.st_size == 0:
         raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
@@ -101,7 +101,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
     except TiffProblem:
         raise
     except OSError as exc:
-        raise _os_problem(path, exc) from exc
+        raise os_problem(path, exc) from exc
     except Exception as exc:  # tifffile raises many types for damaged files
         raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
     return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns,
@@ -140,22 +140,22 @@ def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.n
     except TiffProblem:
         raise
     except OSError as exc:
-        raise _os_problem(path, exc) from exc
+        raise os_problem(path, exc) from exc
     except Exception as exc:
         raise TiffProblem("unreadable", f"{path.name}: reading pages failed ({exc})") from exc
 
 
-def _stat(path: Path) -> os.stat_result:
+def stat_readable(path: Path) -> os.stat_result:
     try:
         st = path.stat()
         with open(path, "rb"):  # proves we may read it (stat alone does not)
             pass
         return st
     except OSError as exc:
-        raise _os_problem(path, exc) from exc
+        raise os_problem(path, exc) from exc
 
 
-def _os_problem(path: Path, exc: OSError) -> TiffProblem:
+def os_problem(path: Path, exc: OSError) -> TiffProblem:
     if exc.errno == errno.ENOENT:
         return TiffProblem("vanished", f"{path.name}: deleted before it was appended",
                            transient=True)
