@@ -134,5 +134,6 @@ def _read_back(path: Path, sim: SimSession) -> bool:
         print(f"  TwoPhotonSeries: {data.shape[0]} frames of {data.shape[1]}x{data.shape[2]} "
               f"{data.dtype}, timestamps {stamps[0]:.3f} .. {stamps[-1]:.3f} s, "
               f"compression {describe_compression(data)}")
+        print(f"  {tps.comments}")
         print(f"  frames identical to what the rig wrote: {'yes' if same else 'NO'}")
     return same

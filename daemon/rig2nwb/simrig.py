@@ -101,7 +101,8 @@ def write_scan_file(path: Path, n_frames: int, rate: float, jitter_ms: float = 0
     """The lab's frame-onset file: onsets in ms, whitespace-separated, on the first line."""
     rng = np.random.default_rng(seed)
     onsets = np.arange(n_frames) * 1000.0 / rate + rng.normal(0, jitter_ms, n_frames)
-    onsets = np.maximum.accumulate(np.round(onsets, 3))
+    # Jitter never makes a clock run backwards or start before zero.
+    onsets = np.maximum.accumulate(np.round(np.maximum(onsets, 0.0), 3))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(" ".join(f"{x:.3f}" for x in onsets) + "\n", encoding="ascii")
     return onsets
