@@ -150,6 +150,8 @@ class Engine:
         """For convert: look up the lab files of the sessions in scope by their patterns."""
         for obs in {o.key: o for o in self.tiffs.values()}.values():
             values = {"subject": obs.key[0], "session": obs.key[1], "site": obs.site}
+            if not all(is_safe_name(v) for v in values.values() if v):
+                continue  # never build a path from an unsafe name (reported elsewhere)
             for _, pat in self.lab_pats:
                 rendered = pat.render(**values)
                 for full in sorted(self.root.glob(rendered)):
