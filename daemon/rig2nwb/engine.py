@@ -739,10 +739,7 @@ class Engine:
             why += f" (kept as {aside.name})"
         log.error("NWB file unusable; rebuilding it from the TIFFs", reason=why)
         self._problem(sess, "nwb_rebuilt", f"{path.name}: {why}; rebuilt from the TIFFs", "", log)
-        self.ledger.reset_session(sess.id)
-        for r in self.ledger.files(sess.id):
-            if r.state in ("committed", "appending"):
-                self.ledger.update_file(r.id, state="waiting")
+        self.ledger.reset_session(sess.id)  # every file with frames goes back to waiting
         raise NwbRebuilt(why)
 
     def _drop_writer(self, session_id: int) -> None:
@@ -790,12 +787,12 @@ class Engine:
             return 0  # the NWB file could not be opened now: finalize again later
         self._drop_writer(sess.id)
         frames = self.ledger.frames_committed(sess.id)
-        files = [r for r in self.ledger.files(sess.id)]
+        files = self.ledger.files(sess.id)
         self.ledger.update_session(sess.id, state="finished", finished_at=time.time())
         self.ledger.add_event(sess.id, "finalize", f"session finished: {frames} frames")
         log.info("session finished", stage="finalize", frames=frames,
                  files=sum(r.state == "committed" for r in files),
-                 failed_files=sum(r.state not in ("committed",) for r in files),
+                 failed_files=sum(r.state != "committed" for r in files),
                  nwb=sess.nwb_path)
         return 1
 

@@ -101,15 +101,6 @@ class Pattern:
         """Fill the placeholders (wildcards are left as they are)."""
         return self.text.format(**{n: values[n] for n in self.names})
 
-    def static_prefix(self, **values: str) -> str:
-        """The leading folders of the rendered pattern that contain no wildcard."""
-        parts: list[str] = []
-        for part in PurePosixPath(self.render(**values)).parts[:-1]:
-            if any(c in part for c in "*?["):
-                break
-            parts.append(part)
-        return "/".join(parts)
-
 
 def is_safe_name(value: str) -> bool:
     """True when a subject/session/site name cannot escape a folder when used in a path."""
