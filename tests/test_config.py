@@ -124,6 +124,7 @@ def test_check_config_ok(tmp_path: Path) -> None:
     (tmp_path / "rig").mkdir()
     path = write_config(tmp_path / "c.toml", {
         "rig": {"root": "rig"}, "output": {"folder": "."}, "state": {"folder": "state"},
+        "subject": {"age": "P90D"},  # DANDI-complete, else check-config exits 1
     })
     proc = subprocess.run([sys.executable, "-m", "rig2nwb", "check-config", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)

@@ -2,7 +2,8 @@
 
 Every command takes ``--config PATH`` (default ``./config.toml``). Errors are one clear line (or
 one list, for configuration problems), never a traceback; exit codes: 0 done, 1 the job could
-not be completed, 2 bad configuration or usage.
+not be completed (``check-config``: the config is valid but DANDI metadata is incomplete or a
+``rig2nwb.toml`` is invalid), 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="where every session stands")
     s.add_argument("session", nargs="?", help="show one session's full history")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    k = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    k = sub.add_parser("check-config", parents=[common],
+                       help="validate a configuration file and the DANDI metadata")
     k.add_argument("path", nargs="?", type=Path, help="config file (default: --config)")
     d = sub.add_parser("demo", parents=[common],
                        help="simulated rig feeding the daemon, ending with a finished NWB file")
@@ -73,7 +75,13 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         cfg = _load(path)
         print(f"{path}: OK (rig {cfg.rig.name!r}, watching {cfg.rig.root}, "
               f"writing to {cfg.output.folder})")
-        return 0
+        from rig2nwb.metadata import readiness_report
+
+        # 1: the config is valid (the daemon runs) but NWB/DANDI metadata is missing or a
+        # rig2nwb.toml sidecar is invalid.
+        lines, n_problems = readiness_report(cfg)
+        print("\n".join(lines))
+        return 1 if n_problems else 0
     if cmd == "status":
         from rig2nwb.status import collect, history, render_json, render_table, rig_problems
 
