@@ -164,14 +164,19 @@ def tiff_pages(path: Path) -> np.ndarray:
         return np.stack([page.asarray() for page in tf.pages])
 
 
-def nwb_frames(path: Path) -> np.ndarray:
+def nwb_frames(path: Path, series: str = "TwoPhotonSeries") -> np.ndarray:
     with h5py.File(path, "r") as f:
-        return np.asarray(f[f"{SERIES}/data"][:])
+        return np.asarray(f[f"acquisition/{series}/data"][:])
 
 
-def nwb_timestamps(path: Path) -> np.ndarray:
+def nwb_timestamps(path: Path, series: str = "TwoPhotonSeries") -> np.ndarray:
+    """Frame times as NWB defines them: the timestamps dataset, or starting_time + i / rate."""
     with h5py.File(path, "r") as f:
-        return np.asarray(f[f"{SERIES}/timestamps"][:])
+        g = f[f"acquisition/{series}"]
+        if "timestamps" in g:
+            return np.asarray(g["timestamps"][:])
+        start = g["starting_time"]
+        return float(start[()]) + np.arange(g["data"].shape[0]) / float(start.attrs["rate"])
 
 
 def sha256(path: Path) -> str:

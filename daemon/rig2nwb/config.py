@@ -7,6 +7,7 @@ against the folder that holds the config file, so the same file works from any w
 
 from __future__ import annotations
 
+import datetime
 import os
 import tomllib
 from pathlib import Path
@@ -87,6 +88,9 @@ class SessionConfig(_Section):
     institution: str = ""
     experiment_description: str = ""
     timezone: str = "UTC"
+    keywords: list[str] = Field(default_factory=list)
+    protocol: str = ""
+    related_publications: list[str] = Field(default_factory=list)
 
 
 class SubjectConfig(_Section):
@@ -96,6 +100,8 @@ class SubjectConfig(_Section):
     genotype: str = ""
     strain: str = ""
     description: str = ""
+    date_of_birth: datetime.date | None = None
+    weight: str = ""
 
 
 class DeviceConfig(_Section):
@@ -103,6 +109,14 @@ class DeviceConfig(_Section):
     description: str = "Two-photon microscope"
     manufacturer: str = "Sutter Instrument"
     model: str = "Movable Objective Microscope (MOM)"
+
+
+class ChannelInfo(_Section):
+    """Per-channel overrides, keyed by the channel number ("1", "2", ScanImage's "4", ...)."""
+
+    description: str = ""
+    emission_lambda: float | None = Field(None, gt=0)
+    indicator: str = ""
 
 
 class ImagingConfig(_Section):
@@ -114,6 +128,12 @@ class ImagingConfig(_Section):
     plane_description: str = "Imaging plane"
     channel_description: str = "Green (GCaMP) emission"
     grid_spacing_um: list[float] | None = Field(None, min_length=2, max_length=2)
+    # Layout of plain (non-ScanImage) TIFFs; ScanImage files describe their own.
+    planes: int = Field(1, ge=1, le=128, description="planes interleaved page by page")
+    channels: int = Field(1, ge=1, le=8, description="channels interleaved within each frame")
+    flyback_frames: int = Field(0, ge=0, le=128, description="frames per volume to drop")
+    plane_depths_um: list[float] = Field(default_factory=list)
+    channel_info: dict[str, ChannelInfo] = Field(default_factory=dict)
 
 
 class TrialColumn(_Section):

@@ -21,19 +21,23 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from rig2nwb.acquisition import FileAcquisition, read_acquisition
 from rig2nwb.config import Config
-from rig2nwb.labfiles import LabFileProblem, read_scan_file
+from rig2nwb.labfiles import LabFileProblem, read_scan_file, read_trial_file
 from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
 from rig2nwb.ledger import FileRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
+from rig2nwb.metadata import MetadataProblem, load_metadata
 from rig2nwb.nwbwriter import (
     NewFile,
     NwbDamaged,
-    SeriesAppender,
+    SessionAppender,
     create_nwb,
     is_lock_error,
     new_identifier,
+    write_trials,
 )
+from rig2nwb.pagelayout import PageLayout
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
 from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
 
@@ -68,7 +72,7 @@ class LabFiles:
 
 @dataclass
 class _Writer:
-    appender: SeriesAppender
+    appender: SessionAppender
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -103,6 +107,7 @@ class Engine:
         self.tiffs: dict[str, Obs] = {}
         self.lab: dict[Key, LabFiles] = {}
         self.inspected: dict[str, tuple[int, int, TiffInfo | TiffProblem]] = {}
+        self.acquired: dict[str, tuple[int, int, FileAcquisition]] = {}
         self.writers: dict[int, _Writer] = {}
         self.dirty: set[Key] = set()
         self.changed: set[str] = set()  # TIFFs new or changed since the last step
@@ -425,8 +430,11 @@ class Engine:
                 return 0
             case "inspect":
                 obs = self.tiffs[action.path]
+                result: TiffInfo | TiffProblem
                 try:
-                    result: TiffInfo | TiffProblem = inspect_tiff(self.root / action.path)
+                    info = inspect_tiff(self.root / action.path)
+                    self._acquisition(action.path, info)
+                    result = info
                 except TiffProblem as exc:
                     result = exc
                 self.inspected[action.path] = (obs.size, obs.mtime_ns, result)
@@ -481,6 +489,21 @@ class Engine:
                 "shape_mismatch", f"{name}: frames are {info.shape[0]}x{info.shape[1]} "
                 f"{info.dtype}, the session's series is {sess.frame_shape} {sess.dtype}"), log)
             return 1
+        try:
+            acq = self._acquisition(row.path, info)
+        except TiffProblem as exc:
+            self._fail_file(sess, row, exc, log)
+            return 1
+        if sess.layout is not None and not PageLayout.from_json(sess.layout).same_acquisition(
+                acq.layout):
+            self._fail_file(sess, row, TiffProblem(
+                "layout_mismatch", f"{name}: holds {acq.layout.describe()} but the session's "
+                f"series were made for {PageLayout.from_json(sess.layout).describe()}"), log)
+            return 1
+        for text in acq.warnings:
+            self._warning(sess, "header_mismatch", text, row.path, log)
+        if sess.state == "finished":
+            return self._reopen(sess, log)
         done = row.frames_committed if row.first_frame is not None else 0
         if done > info.pages:
             self.ledger.update_file(row.id, state="committed")
@@ -493,7 +516,10 @@ class Engine:
         committed_before = self.ledger.frames_committed(sess.id)
         try:
             if not sess.nwb_created:
-                sess = self._create(sess, row, info, log)
+                created = self._create(sess, row, info, acq, log)
+                if created is None:
+                    return 0  # metadata problem, reported: the file waits until it is fixed
+                sess = created
             writer = self._writer(sess)
         except NwbBusy as exc:
             self._problem(sess, "nwb_locked", str(exc), "", log)
@@ -507,7 +533,7 @@ class Engine:
         if self.ledger.frames_committed(sess.id) != committed_before:
             return 1  # opening the file repaired it (rolled back): plan again from the ledger
         try:
-            self._stream(sess, row, info, writer, log)
+            self._stream(sess, row, info, acq, writer, log)
         except TiffProblem as exc:
             self._drop_writer(sess.id)
             self._fail_file(sess, row, exc, log)
@@ -520,8 +546,17 @@ class Engine:
             self._write_failed(sess.id, exc)
         return 1
 
-    def _stream(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
-                log: Any) -> None:
+    def _acquisition(self, rel: str, info: TiffInfo) -> FileAcquisition:
+        """The file's layout, per-page times and header warnings (cached per size and mtime)."""
+        cached = self.acquired.get(rel)
+        if cached is not None and cached[:2] == (info.size, info.mtime_ns):
+            return cached[2]
+        acq = read_acquisition(self.root / rel, info.pages, self.cfg)
+        self.acquired[rel] = (info.size, info.mtime_ns, acq)
+        return acq
+
+    def _stream(self, sess: SessionRow, row: FileRow, info: TiffInfo, acq: FileAcquisition,
+                writer: SessionAppender, log: Any) -> None:
         committed = self.ledger.frames_committed(sess.id)
         name = PurePosixPath(row.path).name
         # Frames of this file already committed (a restart mid-file, or a file that grew after
@@ -538,7 +573,7 @@ class Engine:
         t0 = time.monotonic()
         src = self.root / row.path
         try:
-            self._copy_pages(sess, row, info, writer, first, done, log)
+            self._copy_pages(sess, row, info, acq, writer, first, done, log)
         except TiffProblem:
             self._undo_pass(sess, row, writer, committed)  # nothing of a half-read file stays
             raise
@@ -574,18 +609,23 @@ class Engine:
         self.ledger.add_event(sess.id, "append", f"{row.path}: {info.pages - done} frames "
                               f"appended at frame {first}")
 
-    def _copy_pages(self, sess: SessionRow, row: FileRow, info: TiffInfo, writer: SeriesAppender,
-                    first: int, done: int, log: Any) -> None:
-        """Stream pages ``done``.. of the file into the series at ``first + done``, flushing every
-        batch and committing every ``commit_every_frames`` (and when asked to stop)."""
-        rate = self.cfg.imaging.frame_rate
+    def _copy_pages(self, sess: SessionRow, row: FileRow, info: TiffInfo, acq: FileAcquisition,
+                    writer: SessionAppender, first: int, done: int, log: Any) -> None:
+        """Stream pages ``done``.. of the file into the series at stream page ``first + done``,
+        flushing every batch and committing every ``commit_every_frames`` (and when asked to
+        stop). Page times: the file's own per-frame timestamps (ScanImage), else nominal."""
+        layout = writer.layout
         batch, every = self.cfg.append.batch_frames, self.cfg.append.commit_every_frames
         since_commit = 0
         pos = done
         for frames in read_batches(self.root / row.path, done, info.pages, batch):
             n = frames.shape[0]
-            idx = np.arange(first + pos, first + pos + n, dtype="f8")
-            writer.write(first + pos, frames, idx / rate)
+            pages = np.arange(first + pos, first + pos + n, dtype=np.int64)
+            times = layout.scan_frame(pages) / layout.frame_rate
+            if acq.page_times is not None:
+                measured = acq.page_times[pos:pos + n]
+                times = np.where(np.isfinite(measured), measured, times)
+            writer.write(first + pos, frames, times)
             writer.flush()
             pos += n
             since_commit += n
@@ -604,7 +644,7 @@ class Engine:
                              frames_in_file=info.pages)
                     raise Stopped()
 
-    def _undo_pass(self, sess: SessionRow, row: FileRow, writer: SeriesAppender,
+    def _undo_pass(self, sess: SessionRow, row: FileRow, writer: SessionAppender,
                    committed: int) -> None:
         """Forget everything this pass over a file added, commit points included, and let the
         file wait for its completion signals again."""
@@ -613,40 +653,70 @@ class Engine:
         writer.trim(committed)
         writer.sync()
 
-    def _same_prefix(self, writer: SeriesAppender, src: Path, committed: int, done: int) -> bool:
-        """Does the TIFF still hold, as its page ``done-1``, the last frame we appended from it?"""
-        page = next(read_batches(src, done - 1, done, 1))
-        return bool(np.array_equal(page, writer.read(committed - 1, committed)))
+    def _same_prefix(self, writer: SessionAppender, src: Path, committed: int, done: int) -> bool:
+        """Does the TIFF still hold, as its last appended data page, the frame we stored?"""
+        for back in range(1, min(done, writer.layout.pages_per_cycle) + 1):
+            stored = writer.read_page(committed - back)
+            if stored is not None:  # not a flyback page
+                page = next(read_batches(src, done - back, done - back + 1, 1))
+                return bool(np.array_equal(page[0], stored))
+        return True
 
-    def _create(self, sess: SessionRow, row: FileRow, info: TiffInfo, log: Any) -> SessionRow:
-        start, source = self._start_time(row, info)
+    def _create(self, sess: SessionRow, row: FileRow, info: TiffInfo, acq: FileAcquisition,
+                log: Any) -> SessionRow | None:
+        """Create the session's NWB file from its first file: metadata from config.toml and the
+        sidecars, overridden by what the ScanImage header says. None when the metadata cannot be
+        read (reported; the files wait until it is fixed)."""
+        folder = (self.root / row.path).parent
+        try:
+            meta = load_metadata(self.cfg, folder)
+        except MetadataProblem as exc:
+            self._problem(sess, "metadata", f"{exc.message}; the NWB file is created once it is "
+                          "fixed (the TIFFs wait, nothing is lost)", exc.file, log)
+            return None
+        for p in self.ledger.problems(sess.id):
+            if p.code == "metadata":
+                self.ledger.clear_problem(sess.id, "metadata", p.file)
+        start, source = self._start_time(row, info, acq)
         ident = new_identifier()
+        si = acq.scanimage
         spec = NewFile(Path(sess.nwb_path), ident, sess.subject, sess.session, start, source,
-                       info.shape, info.dtype)
+                       info.shape, info.dtype, acq.layout, meta, si,
+                       PurePosixPath(row.path).name)
         create_nwb(self.cfg, spec)
         self.ledger.update_session(
             sess.id, nwb_created=1, identifier=ident, start_time=start.isoformat(),
             start_source=source, frame_shape=_shape_text(info.shape), dtype=info.dtype,
-            state="acquiring", site=self.tiffs[row.path].site)
-        self.ledger.add_event(sess.id, "create", f"NWB file created: {sess.nwb_path}")
+            state="acquiring", site=self.tiffs[row.path].site, layout=acq.layout.to_json())
+        used = f"; metadata from config.toml + {', '.join(meta.sources)}" if meta.sources else ""
+        self.ledger.add_event(sess.id, "create", f"NWB file created: {sess.nwb_path} "
+                              f"({len(acq.layout.series)} series: {acq.layout.describe()}){used}")
         log.info("nwb created", stage="create", nwb=sess.nwb_path, start_time=start.isoformat(),
-                 start_source=source)
+                 start_source=source, series=[s.name for s in acq.layout.series],
+                 layout=acq.layout.describe(), sidecars=list(meta.sources))
         return self.ledger.session_by_id(sess.id)
 
-    def _start_time(self, row: FileRow, info: TiffInfo) -> tuple[datetime, str]:
-        """Session start from the data, never 'now': the TIFF's DateTime tag, else its mtime
-        minus the duration of its frames at the nominal rate."""
+    def _start_time(self, row: FileRow, info: TiffInfo,
+                    acq: FileAcquisition) -> tuple[datetime, str]:
+        """Session start from the data, never 'now': ScanImage's acquisition start (epoch, or
+        SI3 triggerTimeString), else the TIFF's DateTime tag, else its mtime minus the duration
+        of its frames at the nominal rate. Rig clocks are local time: config's timezone."""
         tz = self.cfg.tz
         name = PurePosixPath(row.path).name
+        si = acq.scanimage
+        if si is not None and si.acquisition_start is not None:
+            key = "triggerTimeString" if si.version.startswith("3") else "epoch"
+            return si.acquisition_start.replace(tzinfo=tz), f"the ScanImage {key} of {name}"
         if info.datetime_tag is not None:
             return info.datetime_tag.replace(tzinfo=tz), f"the DateTime tag of {name}"
         end = datetime.fromtimestamp(info.mtime_ns / 1e9, tz=tz)
-        start = end - timedelta(seconds=info.pages / self.cfg.imaging.frame_rate)
+        frames = info.pages / acq.layout.n_channels
+        start = end - timedelta(seconds=frames / acq.layout.frame_rate)
         return start.replace(microsecond=0), (
-            f"the modification time of {name} minus {info.pages} frames at "
-            f"{self.cfg.imaging.frame_rate:g} Hz")
+            f"the modification time of {name} minus {frames:g} frames at "
+            f"{acq.layout.frame_rate:g} Hz")
 
-    def _writer(self, sess: SessionRow) -> SeriesAppender:
+    def _writer(self, sess: SessionRow) -> SessionAppender:
         """The open appender of a session, opening and repairing the file on first use."""
         w = self.writers.get(sess.id)
         if w is not None:
@@ -654,8 +724,13 @@ class Engine:
             return w.appender
         path = Path(sess.nwb_path)
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="recover")
+        if sess.layout is None:  # a ledger from before layouts: one plain series
+            self.ledger.update_session(sess.id, layout=PageLayout(
+                frame_rate=self.cfg.imaging.frame_rate).to_json())
+            sess = self.ledger.session_by_id(sess.id)
+        assert sess.layout is not None
         try:
-            appender = SeriesAppender(path)
+            appender = SessionAppender(path, PageLayout.from_json(sess.layout))
         except FileNotFoundError:
             return self._rebuild(sess, "the NWB file is missing", log)
         except NwbDamaged as exc:
@@ -672,29 +747,37 @@ class Engine:
         self.writers[sess.id] = _Writer(appender)
         return appender
 
-    def _repair(self, sess: SessionRow, appender: SeriesAppender, log: Any) -> None:
-        """Make the file agree with the ledger: trim what was never committed, check the tail."""
+    def _repair(self, sess: SessionRow, appender: SessionAppender, log: Any) -> None:
+        """Make the file agree with the ledger: trim what was never committed, check the tail.
+
+        The ledger counts pages of the session's stream; each series must hold exactly its
+        frames among them (a finished session: among the whole cycles only)."""
         committed = self.ledger.frames_committed(sess.id)
-        n_data, n_ts = appender.lengths()
-        if min(n_data, n_ts) < committed:
+        if sess.state == "finished":
+            committed = appender.layout.complete(committed)
+        held = appender.pages_held()
+        if held < committed:
             # The disk lost frames the ledger counted (should not happen with fsync): take the
-            # file's word, roll the ledger back and append those frames again.
+            # file's word, roll the ledger back and append those pages again.
             log.warning("NWB file shorter than the ledger; re-appending from the TIFFs",
-                        ledger_frames=committed, data_frames=n_data, timestamp_frames=n_ts)
-            committed = min(n_data, n_ts)
+                        ledger_pages=committed, pages_in_file=held)
+            committed = held
             self.ledger.roll_back(sess.id, committed)
-        if (n_data, n_ts) != (committed, committed):
+        lengths = appender.lengths()
+        expected = appender.expected(committed)
+        if any(n != (e, e) for n, e in zip(lengths, expected, strict=True)):
             appender.trim(committed)
             appender.sync()
-            log.info("trimmed uncommitted tail", ledger_frames=committed, data_frames=n_data,
-                     timestamp_frames=n_ts)
-            self.ledger.add_event(sess.id, "recover", f"trimmed NWB tail from {n_data} data / "
-                                  f"{n_ts} timestamp rows to the {committed} committed frames")
+            log.info("trimmed uncommitted tail", ledger_pages=committed,
+                     series_frames=[n[0] for n in lengths], kept=expected)
+            self.ledger.add_event(sess.id, "recover", f"trimmed NWB series from {lengths} "
+                                  f"(frames, timestamps) to the {expected} frames of the "
+                                  f"{committed} committed pages")
         self._check_tail(sess, appender, committed, log)
 
-    def _check_tail(self, sess: SessionRow, appender: SeriesAppender, committed: int,
+    def _check_tail(self, sess: SessionRow, appender: SessionAppender, committed: int,
                     log: Any) -> int:
-        """Compare the last committed frames with their source TIFF; roll back on mismatch."""
+        """Compare the last committed pages with their source TIFF; roll back on mismatch."""
         if committed == 0:
             return 0
         rows = [r for r in self.ledger.files(sess.id)
@@ -713,17 +796,24 @@ class Engine:
             log.info("tail not checked: its TIFF changed or is gone since it was appended",
                      file=last.path)
             return committed
-        k = min(TAIL_CHECK_FRAMES, last.frames_committed)
-        start_in_file = last.frames_committed - k
+        end_in_file = min(last.frames_committed, committed - last.first_frame)
+        k = min(TAIL_CHECK_FRAMES, end_in_file)
+        if k <= 0:
+            return committed
+        start_in_file = end_in_file - k
         try:
-            src = next(read_batches(self.root / last.path, start_in_file, last.frames_committed, k))
+            src = next(read_batches(self.root / last.path, start_in_file, end_in_file, k))
         except (TiffProblem, StopIteration) as exc:
             log.warning("cannot check the NWB tail against its TIFF", file=last.path,
                         error=str(exc))
             return committed
-        stored = appender.read(last.first_frame + start_in_file, last.first_frame +
-                               last.frames_committed)
-        if stored.shape == src.shape and np.array_equal(stored, src):
+        same = True
+        for i in range(k):
+            stored = appender.read_page(last.first_frame + start_in_file + i)
+            if stored is not None and not np.array_equal(stored, src[i]):
+                same = False
+                break
+        if same:
             return committed
         log.warning("NWB tail differs from its TIFF; re-appending that file", file=last.path)
         self.ledger.roll_back(sess.id, last.first_frame)
@@ -731,7 +821,7 @@ class Engine:
         appender.sync()
         return last.first_frame
 
-    def _rebuild(self, sess: SessionRow, why: str, log: Any) -> SeriesAppender:
+    def _rebuild(self, sess: SessionRow, why: str, log: Any) -> SessionAppender:
         path = Path(sess.nwb_path)
         if path.exists():
             aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
@@ -783,70 +873,170 @@ class Engine:
     # --- session end, problems ---------------------------------------------------------------
 
     def _finalize(self, sess: SessionRow, log: Any) -> int:
-        if not self._apply_scan_onsets(sess, log):
-            return 0  # the NWB file could not be opened now: finalize again later
-        self._drop_writer(sess.id)
-        frames = self.ledger.frames_committed(sess.id)
-        files = self.ledger.files(sess.id)
-        self.ledger.update_session(sess.id, state="finished", finished_at=time.time())
-        self.ledger.add_event(sess.id, "finalize", f"session finished: {frames} frames")
-        log.info("session finished", stage="finalize", frames=frames,
-                 files=sum(r.state == "committed" for r in files),
-                 failed_files=sum(r.state != "committed" for r in files),
-                 nwb=sess.nwb_path)
-        return 1
+        """Acquisition is complete: drop a final incomplete volume, write the final timestamps
+        (measured onsets, or rate + starting_time where regular) and the trials, mark the session
+        finished, and queue the file for validation.
 
-    def _apply_scan_onsets(self, sess: SessionRow, log: Any) -> bool:
-        """Replace the nominal timestamps with the measured onsets of the lab's scan file.
-
-        A count mismatch is reported and handled by ``scan.on_mismatch``; frames are never
-        shifted against onsets. A scan file that cannot be parsed is reported with its line; the
-        frames and their nominal timestamps stay as they are."""
-        rel = self.lab.get((sess.subject, sess.session), LabFiles()).scan
-        if not rel:
-            return True
-        name = PurePosixPath(rel).name
-        log = log.bind(stage="finalize", file=rel)
-        try:
-            onsets = read_scan_file(self.root / rel, self.cfg.scan).seconds
-        except LabFileProblem as exc:
-            self._problem(sess, "scan_file", f"{exc}; timestamps stay nominal", rel, log)
-            return True
-        self.ledger.clear_problem(sess.id, "scan_file", rel)
-        frames = self.ledger.frames_committed(sess.id)
-        rate = self.cfg.imaging.frame_rate
-        if len(onsets) != frames:
-            mismatch = f"{name}: {len(onsets)} frame onsets for {frames} frames"
-            if len(onsets) > frames and self.cfg.scan.on_mismatch == "drop_extra_onsets":
-                self._problem(sess, "scan_mismatch", f"{mismatch}; the last "
-                              f"{len(onsets) - frames} onsets were dropped "
-                              "(scan.on_mismatch = drop_extra_onsets)", rel, log)
-                onsets = onsets[:frames]
-            else:
-                self._problem(sess, "scan_mismatch", f"{mismatch}; timestamps stay nominal "
-                              f"({rate:g} Hz), see scan.on_mismatch", rel, log)
-                return True
-        else:
-            self.ledger.clear_problem(sess.id, "scan_mismatch", rel)
-        source = f"measured frame onsets from {name}"
+        Every step is repeatable, so a crash anywhere in here just means finalizing again."""
+        log = log.bind(stage="finalize")
         try:
             writer = self._writer(sess)
         except NwbRebuilt:
-            return False  # re-planned from scratch; finalize comes again
+            return 1  # re-planned from scratch; finalize comes again
         except OSError as exc:  # locked by a reader, permissions: report, try again later
             self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
-                          f"{Path(sess.nwb_path).name}: cannot be opened to write the measured "
-                          f"timestamps ({exc}); will retry", "", log)
-            return False
+                          f"{Path(sess.nwb_path).name}: cannot be opened to finalize it ({exc}); "
+                          "will retry", "", log)
+            return 0
+        layout = writer.layout
+        pages = self.ledger.frames_committed(sess.id)
+        kept = layout.complete(pages)
         try:
-            writer.set_timestamps(onsets, f"timestamps: {source}")
+            writer.restore_timestamps()
+            if kept < pages:
+                writer.trim(kept)
+                self._warning(sess, "incomplete_cycle", f"the acquisition ends mid volume: the "
+                              f"last {pages - kept} page(s) of an incomplete cycle "
+                              f"({layout.pages_per_cycle} pages per volume) were dropped", "", log)
+            sources = self._final_timestamps(sess, writer, kept, log)
+            writer.drop_group("intervals/trials")  # from an earlier finalize: written anew
             writer.sync()
         except (OSError, RuntimeError) as exc:
             self._write_failed(sess.id, exc)
-        self.ledger.update_session(sess.id, timestamps_source=source)
-        log.info("timestamps from scan file", frames=frames, first=round(float(onsets[0]), 6),
-                 last=round(float(onsets[-1]), 6))
-        return True
+        self._drop_writer(sess.id)
+        trials = self._write_trials(sess, writer_stamps=sources[1], log=log)
+        if trials is None:
+            return 0  # the file could not be written now: finalize again later
+        frames = [layout.count(s, kept) for s in range(len(layout.series))]
+        files = self.ledger.files(sess.id)
+        self.ledger.update_session(sess.id, state="finished", finished_at=time.time(),
+                                   timestamps_source=sources[0], validation=None)
+        per_series = ", ".join(f"{s.name} {n}" for s, n in zip(layout.series, frames, strict=True))
+        self.ledger.add_event(sess.id, "finalize", f"session finished: {kept} pages -> "
+                              f"{per_series} frames; {trials} trials; timestamps: {sources[0]}")
+        log.info("session finished", frames=sum(frames), series=len(frames),
+                 frames_per_series=frames, trials=trials,
+                 files=sum(r.state == "committed" for r in files),
+                 failed_files=sum(r.state != "committed" for r in files),
+                 timestamps=sources[0], nwb=sess.nwb_path)
+        return 1
+
+    def _final_timestamps(self, sess: SessionRow, writer: SessionAppender, kept: int,
+                          log: Any) -> tuple[str, tuple[float, float]]:
+        """Apply the scan file's onsets when usable, then store each series' times as rate +
+        starting_time where they are regular. Returns (where the times come from, (first, last
+        frame time)) for status and the trial checks."""
+        layout = writer.layout
+        onsets = self._scan_onsets(sess, kept // layout.n_channels, log)
+        if onsets is not None:
+            times = onsets[0]
+            for s in range(len(layout.series)):
+                n = layout.count(s, kept)
+                pages = np.array([layout.page_of(s, k) for k in range(n)], dtype=np.int64)
+                writer.set_timestamps(s, times[layout.scan_frame(pages)],
+                                      f"timestamps: {onsets[1]}")
+            source = onsets[1]
+        else:
+            si = sess.layout is not None and "ScanImage" in PageLayout.from_json(sess.layout).source
+            source = ("ScanImage per-frame timestamps (frameTimestamps_sec) where present, else "
+                      f"nominal {layout.frame_rate:.6g} Hz scan frames" if si else
+                      f"nominal {layout.frame_rate:.6g} Hz (no measured frame times)")
+        first, last = np.inf, -np.inf
+        for s in range(len(layout.series)):
+            t = writer.timestamps(s)
+            if len(t):
+                first, last = min(first, float(t[0])), max(last, float(t[-1]))
+            regular = _regular_rate(t)
+            if regular is not None:
+                writer.use_rate(s, float(t[0]), regular, f"timestamps: {source}; regular, so "
+                                f"stored as starting_time + rate ({regular:.9g} Hz)")
+        if not np.isfinite(first):
+            first = last = 0.0
+        return source, (first, last + 1.0 / layout.series_rate)
+
+    def _scan_onsets(self, sess: SessionRow, scan_frames: int,
+                     log: Any) -> tuple[np.ndarray, str] | None:
+        """The lab scan file's onsets (s) for the ``scan_frames`` kept frames, or None when
+        there is no usable file (missing, malformed, or a count mismatch the policy refuses;
+        each reported). Frames are never shifted against onsets."""
+        rel = self.lab.get((sess.subject, sess.session), LabFiles()).scan
+        if not rel:
+            return None
+        name = PurePosixPath(rel).name
+        try:
+            onsets = read_scan_file(self.root / rel, self.cfg.scan).seconds
+        except LabFileProblem as exc:
+            self._problem(sess, "scan_file", f"{exc}; timestamps stay as acquired", rel, log)
+            return None
+        self.ledger.clear_problem(sess.id, "scan_file", rel)
+        if len(onsets) != scan_frames:
+            mismatch = f"{name}: {len(onsets)} frame onsets for {scan_frames} frames"
+            if len(onsets) > scan_frames and self.cfg.scan.on_mismatch == "drop_extra_onsets":
+                self._problem(sess, "scan_mismatch", f"{mismatch}; the last "
+                              f"{len(onsets) - scan_frames} onsets were dropped "
+                              "(scan.on_mismatch = drop_extra_onsets)", rel, log)
+                onsets = onsets[:scan_frames]
+            else:
+                self._problem(sess, "scan_mismatch", f"{mismatch}; timestamps stay as acquired "
+                              "(see scan.on_mismatch)", rel, log)
+                return None
+        else:
+            self.ledger.clear_problem(sess.id, "scan_mismatch", rel)
+        log.info("timestamps from scan file", file=rel, frames=scan_frames,
+                 first=round(float(onsets[0]), 6), last=round(float(onsets[-1]), 6))
+        return onsets, f"measured frame onsets from {name}"
+
+    def _write_trials(self, sess: SessionRow, writer_stamps: tuple[float, float],
+                      log: Any) -> int | None:
+        """Write the trials table from the lab's trial file; returns the number of trials (0
+        when there is no usable file: reported), None when the NWB file could not be written."""
+        rel = self.lab.get((sess.subject, sess.session), LabFiles()).trial
+        if not rel:
+            return 0
+        try:
+            table = read_trial_file(self.root / rel, self.cfg.trials, recording=writer_stamps)
+        except LabFileProblem as exc:
+            self._problem(sess, "trial_file", f"{exc}; no trials written (the frames are "
+                          "untouched)", rel, log)
+            return 0
+        self.ledger.clear_problem(sess.id, "trial_file", rel)
+        try:
+            write_trials(Path(sess.nwb_path), table, self.cfg.trials, PurePosixPath(rel).name)
+        except OSError as exc:
+            self._problem(sess, "nwb_locked" if is_lock_error(exc) else "output_error",
+                          f"{Path(sess.nwb_path).name}: cannot write the trials ({exc}); "
+                          "will retry", "", log)
+            return None
+        log.info("trials written", file=rel, trials=len(table))
+        return len(table)
+
+    def _reopen(self, sess: SessionRow, log: Any) -> int:
+        """A finished session got another file: undo what finalizing did that appending cannot
+        live with (rate-form timestamps, the dropped incomplete cycle); finalize runs again."""
+        try:
+            writer = self._writer(sess)
+        except NwbRebuilt:
+            return 1
+        except OSError as exc:
+            self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
+                          f"{Path(sess.nwb_path).name}: cannot be reopened for a new file "
+                          f"({exc}); will retry", "", log)
+            return 0
+        pages = self.ledger.frames_committed(sess.id)
+        kept = writer.layout.complete(pages)
+        try:
+            writer.restore_timestamps()
+            writer.sync()
+        except (OSError, RuntimeError) as exc:
+            self._write_failed(sess.id, exc)
+        if kept < pages:
+            self.ledger.roll_back(sess.id, kept)  # those pages are appended again, in order
+        self.ledger.update_session(sess.id, state="acquiring", validation=None)
+        self.ledger.clear_problem(sess.id, "incomplete_cycle")
+        self.ledger.add_event(sess.id, "append", "new file after the session was finished: "
+                              "reopened for appending")
+        log.warning("finished session got a new file; reopened", stage="append")
+        return 1
 
     def _fail_file(self, sess: SessionRow, row: FileRow, problem: TiffProblem, log: Any) -> None:
         obs = self.tiffs.get(row.path)
@@ -859,6 +1049,12 @@ class Engine:
         if self.ledger.report_problem(sess.id, code, message, file):
             log.error("problem", stage="check", code=code, file=file, problem=message)
             self.ledger.add_event(sess.id, "problem", message)
+
+    def _warning(self, sess: SessionRow, code: str, message: str, file: str, log: Any) -> None:
+        """Something the data says that a person should know; nothing is held back."""
+        if self.ledger.report_problem(sess.id, code, message, file, severity="warning"):
+            log.warning("warning", stage="check", code=code, file=file, problem=message)
+            self.ledger.add_event(sess.id, "warning", message)
 
     def _rig_problem(self, code: str, file: str, message: str) -> None:
         """A problem that belongs to no session: reported once, listed by `rig2nwb status`."""
@@ -930,7 +1126,7 @@ class Engine:
 
 # HDF5 handles whose writes failed. They must never be closed or garbage-collected in this
 # process (see _write_failed); the worker exits soon after one lands here.
-_POISONED: list[SeriesAppender] = []
+_POISONED: list[SessionAppender] = []
 
 
 class WriterPoisoned(Exception):
@@ -953,6 +1149,21 @@ def _is_disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+REGULAR_TOLERANCE_S = 1e-6
+
+
+def _regular_rate(t: np.ndarray) -> float | None:
+    """The rate of evenly spaced times (each within 1 us of the line through the first and
+    last), else None. Measured onsets jitter by far more, so they stay timestamps."""
+    if len(t) < 2:
+        return None
+    step = (float(t[-1]) - float(t[0])) / (len(t) - 1)
+    if step <= 0:
+        return None
+    line = float(t[0]) + step * np.arange(len(t))
+    return 1.0 / step if float(np.max(np.abs(t - line))) <= REGULAR_TOLERANCE_S else None
 
 
 def _shape_text(shape: tuple[int, int]) -> str:

@@ -135,7 +135,8 @@ def read_trial_file(path: Path, cfg: TrialsConfig,
     extra = {n: table[:, k] for k, n in enumerate(names)
              if n not in SKIPPED and n not in ("stim_on", "stim_dur")}
     return TrialTable(
-        start_time=stim_on - cfg.pad_before_ms / 1000.0,
+        # NWB times are not negative: a pad before a trial at the very start stops at 0.
+        start_time=np.maximum(stim_on - cfg.pad_before_ms / 1000.0, 0.0),
         stop_time=stim_off + cfg.pad_after_ms / 1000.0,
         stim_on=stim_on,
         stim_off=stim_off,

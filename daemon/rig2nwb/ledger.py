@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at REAL NOT NULL,
     finished_at REAL,
     timestamps_source TEXT,
+    layout TEXT,
+    validation TEXT,
     UNIQUE (subject, session)
 );
 CREATE TABLE IF NOT EXISTS series (
@@ -70,6 +72,7 @@ CREATE TABLE IF NOT EXISTS problems (
     first_at REAL NOT NULL,
     last_at REAL NOT NULL,
     active INTEGER NOT NULL DEFAULT 1,
+    severity TEXT NOT NULL DEFAULT 'error',
     UNIQUE (session_id, file, code)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -100,10 +103,15 @@ class SessionRow:
     updated_at: float
     finished_at: float | None
     timestamps_source: str | None = None
+    layout: str | None = None  # PageLayout JSON, fixed by the session's first file
+    validation: str | None = None  # CheckSummary JSON of the finished file
 
 
 # Columns added after the first release: ledgers created before get them on open.
-_ADDED_COLUMNS = {"sessions": [("timestamps_source", "TEXT")]}
+_ADDED_COLUMNS = {
+    "sessions": [("timestamps_source", "TEXT"), ("layout", "TEXT"), ("validation", "TEXT")],
+    "problems": [("severity", "TEXT NOT NULL DEFAULT 'error'")],
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ class ProblemRow:
     first_at: float
     last_at: float
     active: int
+    severity: str = "error"  # or "warning": recorded and shown, nothing is held back
 
 
 class Ledger:
@@ -302,11 +311,12 @@ class Ledger:
         """Forget the NWB file of a session (it was lost or damaged): everything re-appends."""
         self.roll_back(session_id, 0)
         self.update_session(session_id, nwb_created=0, identifier=None, frame_shape=None,
-                            dtype=None, state="waiting")
+                            dtype=None, state="waiting", layout=None, validation=None)
 
     # --- problems and history -------------------------------------------------------------
 
-    def report_problem(self, session_id: int | None, code: str, message: str, file: str = "") -> bool:
+    def report_problem(self, session_id: int | None, code: str, message: str, file: str = "",
+                       *, severity: str = "error") -> bool:
         """Record (or refresh) an active problem; True when it is new or was inactive."""
         now = time.time()
         with self.transaction() as db:
@@ -315,10 +325,11 @@ class Ledger:
                 (session_id, file, code),
             ).fetchone()
             db.execute(
-                "INSERT INTO problems (session_id, file, code, message, first_at, last_at, active)"
-                " VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (session_id, file, code) DO UPDATE SET"
-                " message=excluded.message, last_at=excluded.last_at, active=1",
-                (session_id, file, code, message, now, now),
+                "INSERT INTO problems (session_id, file, code, message, first_at, last_at, active,"
+                " severity) VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (session_id, file, code) DO"
+                " UPDATE SET message=excluded.message, last_at=excluded.last_at, active=1,"
+                " severity=excluded.severity",
+                (session_id, file, code, message, now, now, severity),
             )
         return prev is None or not prev["active"] or prev["message"] != message
 
@@ -333,7 +344,8 @@ class Ledger:
             return cur.rowcount > 0
 
     def problems(self, session_id: int | None = None, *, active_only: bool = True) -> list[ProblemRow]:
-        sql = "SELECT session_id, file, code, message, first_at, last_at, active FROM problems"
+        sql = ("SELECT session_id, file, code, message, first_at, last_at, active, severity"
+               " FROM problems")
         conds, args = [], []
         if session_id is not None:
             conds.append("session_id=?")

@@ -114,6 +114,23 @@ def _description(tf: tifffile.TiffFile, i: int) -> str:
     return page.description if isinstance(page, tifffile.TiffPage) else ""
 
 
+def frame_data(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(frame_numbers(path), frame_timestamps(path)) in one pass over the page headers."""
+    num = re.compile(r"^frameNumbers\s*=\s*([-+.\deE]+)\s*$", re.MULTILINE)
+    ts = re.compile(r"^frameTimestamps_sec\s*=\s*([-+.\deE]+)\s*$", re.MULTILINE)
+    with _open(path) as tf:
+        n = len(tf.pages)
+        numbers, stamps = np.full(n, -1, dtype=np.int64), np.full(n, math.nan)
+        for i in range(n):
+            text = _description(tf, i)
+            if m := num.search(text):
+                numbers[i] = int(float(m.group(1)))
+            if m := ts.search(text):
+                stamps[i] = float(m.group(1))
+    return (numbers if (numbers >= 0).any() else None,
+            stamps if np.isfinite(stamps).any() else None)
+
+
 def _per_page(path: Path, key: str, dtype: type[np.generic], fill: float) -> np.ndarray | None:
     # A regex, not matlabstr2py: the per-frame description is a flat 'key = value' list, and the
     # regex costs ~3 us a page where matlabstr2py costs ~60 (parsing the page itself ~80).

@@ -40,7 +40,7 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                 "nwb_path": str(nwb),
                 "nwb_bytes": nwb.stat().st_size if nwb.exists() else 0,
                 "start_time": s.start_time,
-                "timestamps": s.timestamps_source or "nominal frame rate",
+                "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
                 "last_update": _iso(s.updated_at),
                 "finished_at": _iso(s.finished_at) if s.finished_at else None,
                 "problems": problems + global_problems,
@@ -77,7 +77,7 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
             "subject": s.subject, "session": s.session, "state": s.state,
             "nwb_path": s.nwb_path, "frames": ledger.frames_committed(s.id),
             "start_time": s.start_time, "start_source": s.start_source,
-            "timestamps": s.timestamps_source or "nominal frame rate",
+            "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
             "files": [{"path": f.path, "state": f.state, "frames": f.frames,
                        "first_frame": f.first_frame, "size": f.size, "error": f.error}
                       for f in ledger.files(s.id)],
