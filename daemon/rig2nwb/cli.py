@@ -138,7 +138,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             print(f"rig2nwb: incomplete: writing the NWB file failed ({exc}); what was committed "
                   "is kept, run convert again once the problem is fixed", file=sys.stderr)
             _exit_now(1)
-        print(("done: " if result.ok else "rig2nwb: incomplete: ") + result.message,
+        print(("done: " if result.ok else "rig2nwb: ") + result.message,
               file=sys.stdout if result.ok else sys.stderr)
         return 0 if result.ok else 1
     raise AssertionError(cmd)  # pragma: no cover
@@ -184,13 +184,22 @@ def _history_text(record: dict[str, object]) -> str:
     lines = [f"{record['subject']}/{record['session']}: {record['state']}, "
              f"{record['frames']} frames -> {record['nwb_path']}",
              f"session start {record['start_time']} (from {record['start_source']})",
-             f"timestamps: {record['timestamps']}", "files:"]
+             f"timestamps: {record['timestamps']}"]
+    if record.get("layout"):
+        lines.append(f"layout: {record['layout']}")
+    for name, n in (record.get("series") or {}).items():  # type: ignore[attr-defined]
+        lines.append(f"  {name}: {n} frames")
+    if record.get("validation"):
+        lines.append(f"check: {record['validation']}")
+        lines += [f"  {m}" for m in record.get("validation_messages") or []]  # type: ignore[attr-defined]
+    lines.append("files:")
     for f in record["files"]:  # type: ignore[attr-defined]
         lines.append(f"  {f['state']:<12} {f['frames'] or '':>6} frames  {f['path']}"
                      + (f"  ({f['error']})" if f["error"] else ""))
     lines.append("problems:")
     for p in record["problems"] or [{"message": "none", "active": False, "since": ""}]:  # type: ignore[attr-defined]
-        lines.append(f"  {'ACTIVE ' if p['active'] else '       '}{p['since'] or ''} {p['message']}")
+        flag = ("WARNING " if p.get("severity") == "warning" else "ACTIVE  ") if p["active"] else " " * 8
+        lines.append(f"  {flag}{p['since'] or ''} {p['message']}")
     lines.append("history:")
     for e in record["events"]:  # type: ignore[attr-defined]
         lines.append(f"  {e['at']} [{e['stage']}] {e['message']}")

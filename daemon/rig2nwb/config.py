@@ -51,6 +51,7 @@ class OutputConfig(_Section):
     compression: Literal["none", "gzip", "lzf", "blosc-lz4", "blosc-zstd"] = "blosc-lz4"
     compression_level: int | None = Field(None, ge=0, le=9)
     min_free_mb: int = Field(1024, ge=0)
+    check_files: bool = Field(True, description="check finished files with pynwb + nwbinspector")
 
 
 class StateConfig(_Section):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from rig2nwb.config import Config
 from rig2nwb.engine import Engine
-from rig2nwb.ledger import Ledger
+from rig2nwb.ledger import Ledger, SessionRow
 from rig2nwb.logs import get_logger
+from rig2nwb.pagelayout import PageLayout
 from rig2nwb.service import ledger_path, lock_state
 from rig2nwb.tiffs import TiffProblem, inspect_tiff
+from rig2nwb.validation import CheckSummary
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
             engine.on_frames = bar.update
         while engine.step():
             pass
+        while engine.checks_pending():  # validation of the finished files, in a child process
+            engine.run_checks()
+            time.sleep(0.1)
         engine.close()
         keys = {o.key for o in engine.tiffs.values()}
         sessions = [s for s in ledger.sessions() if (s.subject, s.session) in keys]
@@ -64,20 +70,44 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
             for r in ledger.files(s.id):
                 if r.path in engine.tiffs and r.state != "committed":
                     failed.append(f"{PurePosixPath(r.path).name}: {r.error or r.state}")
+        sessions = [ledger.session_by_id(s.id) for s in sessions]
         paths = [s.nwb_path for s in sessions if s.nwb_created]
         frames = sum(ledger.frames_committed(s.id) for s in sessions)
+        summary = "; ".join(_what_was_written(ledger, s) for s in sessions if s.nwb_created)
+        bad_checks = [f"{Path(s.nwb_path).name}: {CheckSummary.from_json(s.validation).short()}"
+                      for s in sessions if s.validation
+                      and not CheckSummary.from_json(s.validation).ok]
         if failed:
             log.error("convert incomplete", stage="convert", failed=len(failed))
             more = f" (and {len(failed) - 1} more; see rig2nwb status)" if len(failed) > 1 else ""
-            return ConvertResult(False, f"{len(failed)} of {len(engine.tiffs)} TIFF(s) not "
-                                 f"appended: {failed[0]}{more}", paths)
+            return ConvertResult(False, f"incomplete: {len(failed)} of {len(engine.tiffs)} TIFF(s) "
+                                 f"not appended: {failed[0]}{more}", paths)
         log.info("convert done", stage="convert", frames=frames, nwb=paths)
-        return ConvertResult(True, f"{frames} frames in {', '.join(paths)}", paths)
+        if bad_checks:
+            return ConvertResult(False, f"written, but the file check found problems: "
+                                 f"{'; '.join(bad_checks)} ({summary})", paths)
+        return ConvertResult(True, summary, paths)
     finally:
         if bar is not None:
             bar.close()
         ledger.close()
         lock.release()
+
+
+def _what_was_written(ledger: Ledger, s: SessionRow) -> str:
+    """'52 frames in X.nwb', or for several series '1600 pages -> 9 series x 100 frames in X'."""
+    pages = ledger.frames_committed(s.id)
+    layout = PageLayout.from_json(s.layout) if s.layout else PageLayout()
+    kept = layout.complete(pages) if s.state == "finished" else pages
+    counts = sorted({layout.count(i, kept) for i in range(len(layout.series))})
+    if len(layout.series) == 1:
+        text = f"{counts[0]} frames in {s.nwb_path}"
+    else:
+        per = "/".join(map(str, counts))
+        text = f"{pages} pages -> {len(layout.series)} series x {per} frames in {s.nwb_path}"
+    if s.validation:
+        text += f" (checked: {CheckSummary.from_json(s.validation).short()})"
+    return text
 
 
 def _pending_frames(engine: Engine, ledger: Ledger) -> int:

@@ -86,7 +86,9 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
         if rig_error or time.monotonic() > deadline:
             return True
         row = engine.ledger.session(opts.subject, session)
-        return row is not None and row.state == "finished"
+        # finished, and its file checked (pynwb validator + nwbinspector) unless that is off
+        return row is not None and row.state == "finished" and (
+            row.validation is not None or not cfg.output.check_files)
 
     rig_thread = threading.Thread(target=rig, name="simrig", daemon=True)
     rig_thread.start()
@@ -104,9 +106,11 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
         print(render_table(collect(cfg)))
         return 1
     ok = _read_back(Path(rows[0]["nwb_path"]), sim)
+    if rows[0]["validation"]:
+        print(f"  checked with pynwb's validator and nwbinspector: {rows[0]['validation']}")
     print("\nstatus (rig2nwb status):")
     print(render_table(collect(cfg)))
-    return 0 if ok else 1
+    return 0 if ok and rows[0]["validation_ok"] is not False else 1
 
 
 def _read_back(path: Path, sim: SimSession) -> bool:
@@ -118,7 +122,7 @@ def _read_back(path: Path, sim: SimSession) -> bool:
     with NWBHDF5IO(str(path), "r") as io:
         nwb = io.read()
         tps = nwb.acquisition["TwoPhotonSeries"]
-        data, stamps = tps.data, tps.timestamps
+        data, stamps = tps.data, tps.get_timestamps()
         same: bool = True
         pos = 0
         for i in range(len(sim.tiff_paths)):
@@ -135,5 +139,7 @@ def _read_back(path: Path, sim: SimSession) -> bool:
               f"{data.dtype}, timestamps {stamps[0]:.3f} .. {stamps[-1]:.3f} s, "
               f"compression {describe_compression(data)}")
         print(f"  {tps.comments}")
+        if nwb.trials is not None:
+            print(f"  trials: {len(nwb.trials)} ({', '.join(nwb.trials.colnames)})")
         print(f"  frames identical to what the rig wrote: {'yes' if same else 'NO'}")
     return same

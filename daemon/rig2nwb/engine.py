@@ -40,6 +40,7 @@ from rig2nwb.nwbwriter import (
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
 from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
+from rig2nwb.validation import CheckRun, CheckSummary
 
 Key = tuple[str, str]  # (subject, session)
 TAIL_CHECK_FRAMES = 8
@@ -109,6 +110,7 @@ class Engine:
         self.inspected: dict[str, tuple[int, int, TiffInfo | TiffProblem]] = {}
         self.acquired: dict[str, tuple[int, int, FileAcquisition]] = {}
         self.writers: dict[int, _Writer] = {}
+        self.check: tuple[int, CheckRun] | None = None  # the one validation child running
         self.dirty: set[Key] = set()
         self.changed: set[str] = set()  # TIFFs new or changed since the last step
         self.root_ok = True
@@ -290,7 +292,62 @@ class Engine:
                 break
             done += self._step_session(key)
         self._close_idle_writers()
+        self.run_checks()
         return done
+
+    # --- validation of finished files --------------------------------------------------------
+
+    def run_checks(self) -> None:
+        """Validate finished files one at a time in a child process (pynwb's validator and
+        nwbinspector read the file; a slow or crashing check never stalls the writer)."""
+        if self.check is not None:
+            sid, run = self.check
+            summary = run.poll()
+            if summary is None:
+                return
+            self.check = None
+            self._record_check(sid, summary)
+        if not self.cfg.output.check_files or self.stop_event.is_set():
+            return
+        for sess in self.ledger.sessions():
+            if sess.state == "finished" and sess.validation is None and sess.nwb_created:
+                try:
+                    self.check = (sess.id, CheckRun.start(Path(sess.nwb_path)))
+                except OSError as exc:
+                    self._record_check(sess.id, CheckSummary.failure(f"cannot start: {exc}"))
+                return
+
+    def checks_pending(self) -> bool:
+        """Is a finished file still waiting for (or in) its validation?"""
+        return self.cfg.output.check_files and (self.check is not None or any(
+            s.state == "finished" and s.validation is None and s.nwb_created
+            for s in self.ledger.sessions()))
+
+    def _record_check(self, session_id: int, summary: CheckSummary) -> None:
+        sess = self.ledger.session_by_id(session_id)
+        if sess.state != "finished":
+            return  # reopened meanwhile: it is checked again when it finishes again
+        log = self.log.bind(subject=sess.subject, session=sess.session, stage="validate")
+        self.ledger.update_session(session_id, validation=summary.to_json())
+        self.ledger.add_event(session_id, "validate", summary.short())
+        c = summary.counts
+        log.info("nwb checked", result=summary.short(), ok=summary.ok,
+                 validation_errors=summary.validation_errors, critical=c.get("CRITICAL", 0),
+                 violations=c.get("BEST_PRACTICE_VIOLATION", 0),
+                 suggestions=c.get("BEST_PRACTICE_SUGGESTION", 0), seconds=summary.seconds,
+                 nwb=sess.nwb_path)
+        if summary.ok:
+            self.ledger.clear_problem(session_id, "validation")
+            return
+        first = next((m for m in summary.messages if m.startswith(("VALIDATION", "CRITICAL"))),
+                     summary.failed or "")
+        self._problem(sess, "validation", f"{Path(sess.nwb_path).name}: {summary.short()}"
+                      + (f"; first: {first}" if first else ""), "", log)
+
+    def _cancel_check(self, session_id: int) -> None:
+        if self.check is not None and self.check[0] == session_id:
+            self.check[1].cancel()
+            self.check = None
 
     def _active_keys(self) -> list[Key]:
         keys = set(self.dirty)
@@ -869,6 +926,9 @@ class Engine:
     def close(self) -> None:
         for sid in list(self.writers):
             self._drop_writer(sid)
+        if self.check is not None:
+            self.check[1].cancel()  # its session is checked again after the next start
+            self.check = None
 
     # --- session end, problems ---------------------------------------------------------------
 
@@ -1013,6 +1073,7 @@ class Engine:
     def _reopen(self, sess: SessionRow, log: Any) -> int:
         """A finished session got another file: undo what finalizing did that appending cannot
         live with (rate-form timestamps, the dropped incomplete cycle); finalize runs again."""
+        self._cancel_check(sess.id)  # the child holds the file open for reading
         try:
             writer = self._writer(sess)
         except NwbRebuilt:
