@@ -81,6 +81,7 @@ class Lab:
             "completion": {"settle_seconds": 0.5, "session_idle_seconds": 2.0},
             "append": {"batch_frames": 16, "commit_every_frames": 32},
             "session": {"timezone": "Europe/Berlin"},
+            "subject": {"age": "P90D"},  # DANDI requires it: nwbinspector calls its absence critical
             "logging": {"format": "json", "file": str(base / "state" / "rig2nwb.log")},
         }
         for section, values in overrides.items():

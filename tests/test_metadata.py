@@ -427,7 +427,7 @@ def test_check_config_complete(make_lab: Callable[..., Lab], capsys: pytest.Capt
 
 def test_check_config_missing_age_exits_1(make_lab: Callable[..., Lab],
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    lab = make_lab(session={"experimenter": ["Jane Doe"]})  # no age anywhere
+    lab = make_lab(session={"experimenter": ["Jane Doe"]}, subject={"age": ""})  # no age anywhere
     code, out = check_config(lab, capsys)
     assert code == 1, out
     assert "subject.age: missing" in out

@@ -22,7 +22,7 @@ class FileAcquisition:
     layout: PageLayout
     scanimage: ScanImageInfo | None
     page_times: np.ndarray | None  # seconds from the acquisition start, per page; NaN = unknown
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # without the file name: the same for every file of a run
 
 
 def read_acquisition(path: Path, pages: int, cfg: Config) -> FileAcquisition:
@@ -36,12 +36,12 @@ def read_acquisition(path: Path, pages: int, cfg: Config) -> FileAcquisition:
             channels=tuple(range(1, im.channels + 1)), planes=im.planes,
             frames_per_slice=1, flyback_frames=im.flyback_frames, frame_rate=im.frame_rate,
             source="config.toml [imaging]"), None, None, ())
-    warnings = [f"{path.name}: ScanImage header: {w}" for w in si.warnings]
+    warnings = [f"ScanImage header: {w}" for w in si.warnings]
     numbers, times = frame_data(path)
     channels = si.channels_saved or (1,)
     per_frame = _pages_per_frame(numbers)
     if per_frame is not None and per_frame != len(channels):
-        warnings.append(f"{path.name}: header saves channel(s) {list(channels)} but the pages hold "
+        warnings.append(f"the ScanImage header saves channel(s) {list(channels)} but the pages hold "
                         f"{per_frame} page(s) per frame number: trusting the pages")
         channels = channels[:per_frame] if per_frame < len(channels) else tuple(
             range(1, per_frame + 1))
@@ -51,7 +51,7 @@ def read_acquisition(path: Path, pages: int, cfg: Config) -> FileAcquisition:
     rate = _frame_rate(si, _measured_rate(numbers, times))
     if rate is None:
         rate = cfg.imaging.frame_rate
-        warnings.append(f"{path.name}: no frame rate in the ScanImage header or its pages; using "
+        warnings.append(f"no frame rate in the ScanImage header or its pages; using "
                         f"imaging.frame_rate = {rate:g} Hz from config.toml")
     layout = PageLayout(channels=channels, planes=planes, frames_per_slice=per_slice,
                         flyback_frames=flyback, frame_rate=rate,

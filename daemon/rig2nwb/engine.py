@@ -9,6 +9,7 @@ the file is next opened, and re-appended from the TIFFs.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import threading
@@ -558,7 +559,11 @@ class Engine:
                 f"series were made for {PageLayout.from_json(sess.layout).describe()}"), log)
             return 1
         for text in acq.warnings:
-            self._warning(sess, "header_mismatch", text, row.path, log)
+            # once per session, named after the first file that says so (a run of 100 files
+            # repeats its header 100 times)
+            code = "header_mismatch:" + hashlib.sha1(text.encode()).hexdigest()[:10]
+            if not any(p.code == code for p in self.ledger.problems(sess.id)):
+                self._warning(sess, code, f"{name}: {text}", "", log)
         if sess.state == "finished":
             return self._reopen(sess, log)
         done = row.frames_committed if row.first_frame is not None else 0
@@ -987,7 +992,9 @@ class Engine:
         starting_time where they are regular. Returns (where the times come from, (first, last
         frame time)) for status and the trial checks."""
         layout = writer.layout
-        onsets = self._scan_onsets(sess, kept // layout.n_channels, log)
+        pages = self.ledger.frames_committed(sess.id)
+        onsets = self._scan_onsets(sess, kept // layout.n_channels, pages // layout.n_channels,
+                                   log)
         if onsets is not None:
             times = onsets[0]
             for s in range(len(layout.series)):
@@ -1006,6 +1013,13 @@ class Engine:
             t = writer.timestamps(s)
             if len(t):
                 first, last = min(first, float(t[0])), max(last, float(t[-1]))
+            if len(t) >= 2 and t[-1] > t[0]:
+                mean_rate = (len(t) - 1) / float(t[-1] - t[0])
+                if abs(mean_rate / layout.series_rate - 1) > 0.05:
+                    # e.g. a slow (motor) stack: the header's rate ignores the moves
+                    writer.set_imaging_rate(s, mean_rate)
+                    log.info("imaging rate from frame times", series=layout.series[s].name,
+                             nominal=round(layout.series_rate, 6), measured=round(mean_rate, 6))
             regular = _regular_rate(t)
             if regular is not None:
                 writer.use_rate(s, float(t[0]), regular, f"timestamps: {source}; regular, so "
@@ -1014,11 +1028,12 @@ class Engine:
             first = last = 0.0
         return source, (first, last + 1.0 / layout.series_rate)
 
-    def _scan_onsets(self, sess: SessionRow, scan_frames: int,
+    def _scan_onsets(self, sess: SessionRow, scan_frames: int, acquired: int,
                      log: Any) -> tuple[np.ndarray, str] | None:
         """The lab scan file's onsets (s) for the ``scan_frames`` kept frames, or None when
         there is no usable file (missing, malformed, or a count mismatch the policy refuses;
-        each reported). Frames are never shifted against onsets."""
+        each reported). One onset per acquired frame (``acquired``, incl. those of a dropped
+        incomplete volume) or per kept frame both match. Frames are never shifted."""
         rel = self.lab.get((sess.subject, sess.session), LabFiles()).scan
         if not rel:
             return None
@@ -1029,9 +1044,11 @@ class Engine:
             self._problem(sess, "scan_file", f"{exc}; timestamps stay as acquired", rel, log)
             return None
         self.ledger.clear_problem(sess.id, "scan_file", rel)
+        if len(onsets) == acquired:
+            onsets = onsets[:scan_frames]  # the dropped incomplete volume's onsets go with it
         if len(onsets) != scan_frames:
-            mismatch = f"{name}: {len(onsets)} frame onsets for {scan_frames} frames"
-            if len(onsets) > scan_frames and self.cfg.scan.on_mismatch == "drop_extra_onsets":
+            mismatch = f"{name}: {len(onsets)} frame onsets for {acquired} frames"
+            if len(onsets) > acquired and self.cfg.scan.on_mismatch == "drop_extra_onsets":
                 self._problem(sess, "scan_mismatch", f"{mismatch}; the last "
                               f"{len(onsets) - scan_frames} onsets were dropped "
                               "(scan.on_mismatch = drop_extra_onsets)", rel, log)
@@ -1082,6 +1099,7 @@ class Engine:
             self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
                           f"{Path(sess.nwb_path).name}: cannot be reopened for a new file "
                           f"({exc}); will retry", "", log)
+            self.dirty.add((sess.subject, sess.session))  # finished sessions are not polled
             return 0
         pages = self.ledger.frames_committed(sess.id)
         kept = writer.layout.complete(pages)
@@ -1124,7 +1142,7 @@ class Engine:
 
     def _clear_file_problems(self, session_id: int, rel: str) -> None:
         for p in self.ledger.problems(session_id):
-            if p.file == rel:
+            if p.file == rel and p.severity != "warning":  # warnings stay: facts about the data
                 self.ledger.clear_problem(session_id, p.code, rel)
 
     def retry_transient(self) -> None:

@@ -4,6 +4,10 @@ It is the source of truth. A frame counts as committed only once the NWB file ha
 and fsynced *and* the ledger transaction recording it has committed; anything the NWB file holds
 beyond the ledger's count is trimmed away at start-up and appended again from the TIFFs.
 
+Counts are in pages of the session's page stream (its TIFFs' pages in run order): a file's
+``first_frame``/``frames_committed`` and the session's ``series`` row are page positions, from
+which every TwoPhotonSeries' frame count follows (see pagelayout).
+
 WAL mode lets ``rig2nwb status`` read while the daemon writes; ``synchronous=FULL`` makes every
 commit durable across power loss, not just across a crash of the process.
 """

@@ -356,6 +356,11 @@ class SessionAppender:
             ds.attrs["unit"] = "seconds"
             del g["starting_time"]
 
+    def set_imaging_rate(self, s: int, rate: float) -> None:
+        """Correct the ImagingPlane's imaging_rate of series ``s`` (a slow stack's real rate
+        is only known from its frame times)."""
+        self._f[f"general/optophysiology/{self.layout.series[s].plane_name}/imaging_rate"][()] = rate
+
     def drop_group(self, path: str) -> bool:
         """Remove a group written by an earlier finalize (it is written again)."""
         if path in self._f:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from rig2nwb.tiffs import TiffProblem, os_problem, stat_readable
+from rig2nwb.tiffs import TiffProblem, open_tiff, os_problem, stat_readable
 
 RATE_TOLERANCE = 0.05  # relative difference between scanFrameRate and measured frame times
 PROBE_PAGES = 8  # pages whose per-frame data are read to measure the frame period
@@ -68,10 +68,10 @@ class _Raw:  # what is read from the file; parsed afterwards, outside the I/O er
 def read_scanimage(path: Path) -> ScanImageInfo | None:
     """None for a TIFF that is not ScanImage. Raises TiffProblem for unreadable files."""
     with _open(path) as tf:
-        if not tf.is_scanimage:
-            return None
         first, n = tf.pages.first, len(tf.pages)
-        meta = tf.scanimage_metadata or {}  # {} for SI 3.x and classic TIFFs (no BigTIFF header)
+        if not first.is_scanimage:  # the page's own test: the file's is switched off (open_tiff)
+            return None
+        meta = _file_metadata(tf)  # {} for SI 3.x and classic TIFFs (no BigTIFF header)
         raw = _Raw(n, (int(first.shape[-2]), int(first.shape[-1])), first.software,
                    tuple(_description(tf, i) for i in range(min(n, PROBE_PAGES))),
                    meta.get("FrameData"), meta.get("RoiGroups"))
@@ -96,7 +96,7 @@ def _open(path: Path) -> Iterator[tifffile.TiffFile]:
     if stat_readable(path).st_size == 0:
         raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
-        with tifffile.TiffFile(path) as tf:
+        with open_tiff(path) as tf:
             tf.pages.cache = False
             if len(tf.pages) == 0:  # tifffile only warns when the first IFD offset is invalid
                 raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
@@ -107,6 +107,16 @@ def _open(path: Path) -> Iterator[tifffile.TiffFile]:
         raise os_problem(path, exc) from exc
     except Exception as exc:  # tifffile raises many exception types for damaged files
         raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
+
+
+def _file_metadata(tf: tifffile.TiffFile) -> dict[str, Any]:
+    """The frame-invariant SI header and RoiGroups JSON stored after the BigTIFF header (what
+    ``TiffFile.scanimage_metadata`` returns, read directly since open_tiff turns that off)."""
+    try:
+        frame_data, roi_data, version = tifffile.read_scanimage_metadata(tf.filehandle)
+    except (TypeError, ValueError):
+        return {}
+    return {"version": version, "FrameData": frame_data, **roi_data}
 
 
 def _description(tf: tifffile.TiffFile, i: int) -> str:

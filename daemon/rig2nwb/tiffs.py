@@ -56,7 +56,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
     if st.st_size == 0:
         raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
-        with tifffile.TiffFile(path) as tf:
+        with open_tiff(path) as tf:
             tf.pages.cache = False
             tf.pages.useframes = True
             n = len(tf.pages)
@@ -127,10 +127,20 @@ def _mixed(path: Path, i: int, what: str, shape: tuple[int, ...], dtype: Any) ->
                        f"{dtype} (pages of mixed shape or type)")
 
 
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF so that its real IFD chain is listed.
+
+    For classic (non-Big) TIFFs that look like ScanImage <= 2015, tifffile otherwise *computes*
+    the page list from the first pages' spacing and the file size ("virtual frames"): pages
+    whose descriptions differ in length are then silently missed, and a file still being written
+    looks complete. Walking the chain costs a little time and never loses a page."""
+    return tifffile.TiffFile(path, is_scanimage=False)
+
+
 def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.ndarray]:
     """Yield pages ``start`` .. ``stop-1`` as arrays of shape (n, rows, cols), n <= batch."""
     try:
-        with tifffile.TiffFile(path) as tf:
+        with open_tiff(path) as tf:
             tf.pages.cache = False
             tf.pages.useframes = True
             for a in range(start, stop, batch):
