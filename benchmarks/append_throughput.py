@@ -337,7 +337,11 @@ def write_config(path: Path, *, rig_root: Path, output: Path, state: Path, compr
 
     lines = ["# Written by benchmarks/append_throughput.py", "[rig]", 'name = "bench"',
              f"root = {q(rig_root)}", "", "[output]", f"folder = {q(output)}",
-             f"compression = {q(compression)}", "", "[state]", f"folder = {q(state)}", ""]
+             f"compression = {q(compression)}",
+             # The post-session file check (pynwb validator + nwbinspector, ~1-2 s in a child
+             # process after the session) is not part of the append path measured here.
+             "check_files = false", "", "[state]", f"folder = {q(state)}", "",
+             "[subject]", 'age = "P90D"', ""]
     completion = []
     if settle is not None:
         completion.append(f"settle_seconds = {float(settle)!r}")
