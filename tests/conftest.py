@@ -30,8 +30,8 @@ SERIES = "acquisition/TwoPhotonSeries"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long crash-fuzz/soak tests")
-    parser.addoption("--crash-trials", type=int, default=20,
-                     help="SIGKILL trials in the crash test (default 20)")
+    parser.addoption("--crash-trials", type=int, default=None,
+                     help="SIGKILLs in each crash test (default: 20 single-plane, 8 multi-plane)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

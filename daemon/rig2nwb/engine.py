@@ -953,6 +953,8 @@ class Engine:
                           f"{Path(sess.nwb_path).name}: cannot be opened to finalize it ({exc}); "
                           "will retry", "", log)
             return 0
+        self.ledger.clear_problem(sess.id, "nwb_locked")
+        self.ledger.clear_problem(sess.id, "output_error")
         layout = writer.layout
         pages = self.ledger.frames_committed(sess.id)
         kept = layout.complete(pages)
@@ -992,9 +994,8 @@ class Engine:
         starting_time where they are regular. Returns (where the times come from, (first, last
         frame time)) for status and the trial checks."""
         layout = writer.layout
-        pages = self.ledger.frames_committed(sess.id)
-        onsets = self._scan_onsets(sess, kept // layout.n_channels, pages // layout.n_channels,
-                                   log)
+        acquired = self.ledger.frames_committed(sess.id) // layout.n_channels
+        onsets = self._scan_onsets(sess, kept // layout.n_channels, acquired, log)
         if onsets is not None:
             times = onsets[0]
             for s in range(len(layout.series)):
