@@ -25,8 +25,8 @@ class FileAcquisition:
     warnings: tuple[str, ...]  # without the file name: the same for every file of a run
 
 
-def read_acquisition(path: Path, pages: int, cfg: Config) -> FileAcquisition:
-    """The acquisition facts of one complete TIFF holding ``pages`` pages.
+def read_acquisition(path: Path, cfg: Config) -> FileAcquisition:
+    """The acquisition facts of one complete TIFF.
 
     Raises TiffProblem (from the ScanImage reader) when the file cannot be read."""
     si = read_scanimage(path)

@@ -181,8 +181,9 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
 
 
 def _history_text(record: dict[str, object]) -> str:
+    unit = "TIFF pages" if len(record.get("series") or {}) > 1 else "frames"  # type: ignore[arg-type]
     lines = [f"{record['subject']}/{record['session']}: {record['state']}, "
-             f"{record['frames']} frames -> {record['nwb_path']}",
+             f"{record['frames']} {unit} -> {record['nwb_path']}",
              f"session start {record['start_time']} (from {record['start_source']})",
              f"timestamps: {record['timestamps']}"]
     if record.get("layout"):

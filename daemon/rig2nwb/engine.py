@@ -613,7 +613,7 @@ class Engine:
         cached = self.acquired.get(rel)
         if cached is not None and cached[:2] == (info.size, info.mtime_ns):
             return cached[2]
-        acq = read_acquisition(self.root / rel, info.pages, self.cfg)
+        acq = read_acquisition(self.root / rel, self.cfg)
         self.acquired[rel] = (info.size, info.mtime_ns, acq)
         return acq
 
@@ -817,6 +817,10 @@ class Engine:
         committed = self.ledger.frames_committed(sess.id)
         if sess.state == "finished":
             committed = appender.layout.complete(committed)
+        else:
+            # Killed in the middle of finalizing: series already in starting_time + rate form
+            # get their timestamps back, so appending (and finalizing again) can go on.
+            appender.restore_timestamps()
         held = appender.pages_held()
         if held < committed:
             # The disk lost frames the ledger counted (should not happen with fsync): take the
