@@ -514,3 +514,33 @@ def test_new_file_while_a_reader_holds_the_finished_file(make_lab) -> None:  # t
     assert row["state"] == "finished" and row["frames"] == 12, (row["state"], reported(row))
     for name, idx in expected_series(12, 2, (1,), 1).items():
         assert np.array_equal(nwb_frames(lab.nwb(), name), pages[idx]), name
+
+
+def test_killed_mid_finalize_after_times_became_rate_recovers(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """A kill after finalize stored the series as starting_time + rate and dropped the
+    incomplete volume, but before the ledger said 'finished' (found by the crash test: the
+    worker then crash-looped on the missing timestamps). Recreated exactly: finish a session,
+    then put the ledger back to 'acquiring' as the kill would have left it."""
+    rate, planes, channels, flyback = 40.0, 3, (1, 2), 1
+    lab: Lab = make_lab(imaging={"planes": planes, "channels": 2, "flyback_frames": flyback,
+                                 "frame_rate": rate}, rig=NO_LAB_FILES, subject=DANDI_SUBJECT)
+    paths = [lab.tiff(f"run_{i + 1:05d}.tif", random_frames(n, SHAPE, seed=20 + i))
+             for i, n in enumerate([23, 17, 31])]
+    pages = np.concatenate([tiff_pages(p) for p in paths])
+    assert convert(lab).returncode == 0
+    name = "TwoPhotonSeries_plane0_ch1"
+    assert rate_form(lab.nwb(), name) is not None  # the state a late kill leaves in the file
+    import sqlite3
+    db = sqlite3.connect(lab.state / "ledger.sqlite")
+    with db:
+        db.execute("UPDATE sessions SET state='acquiring', finished_at=NULL, validation=NULL")
+    db.close()
+
+    proc = convert(lab)
+    assert proc.returncode == 0, proc.stderr
+    assert status_row(lab)["state"] == "finished"
+    for series, idx in expected_series(len(pages), planes, channels, flyback).items():
+        assert np.array_equal(nwb_frames(lab.nwb(), series), pages[idx]), series
+        np.testing.assert_allclose(nwb_timestamps(lab.nwb(), series),
+                                   idx // len(channels) / rate, rtol=0, atol=1e-9)
+    assert_valid_nwb(lab.nwb())
