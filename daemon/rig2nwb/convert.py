@@ -74,9 +74,8 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
         paths = [s.nwb_path for s in sessions if s.nwb_created]
         frames = sum(ledger.frames_committed(s.id) for s in sessions)
         summary = "; ".join(_what_was_written(ledger, s) for s in sessions if s.nwb_created)
-        bad_checks = [f"{Path(s.nwb_path).name}: {CheckSummary.from_json(s.validation).short()}"
-                      for s in sessions if s.validation
-                      and not CheckSummary.from_json(s.validation).ok]
+        checks = {s.nwb_path: CheckSummary.from_json(s.validation) for s in sessions if s.validation}
+        bad_checks = [f"{Path(path).name}: {c.short()}" for path, c in checks.items() if not c.ok]
         if failed:
             log.error("convert incomplete", stage="convert", failed=len(failed))
             more = f" (and {len(failed) - 1} more; see rig2nwb status)" if len(failed) > 1 else ""
