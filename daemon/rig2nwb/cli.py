@@ -1,4 +1,4 @@
-"""Command line: ``rig2nwb run | convert | status | check-config | demo``.
+"""Command line: ``rig2nwb run | convert | attach | status | check-config | demo``.
 
 Every command takes ``--config PATH`` (default ``./config.toml``). Errors are one clear line (or
 one list, for configuration problems), never a traceback; exit codes: 0 done, 1 the job could
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="one-shot conversion of a finished session folder")
     c.add_argument("session_folder", type=Path)
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = sub.add_parser("attach", parents=[common],
+                       help="attach (or replace) a finished session's suite2p results now")
+    a.add_argument("session_folder", type=Path, help="the folder holding the session's TIFFs")
+    a.add_argument("--wait", type=float, default=3600.0,
+                   help="seconds to wait for a running daemon to do it (default 3600)")
     s = sub.add_parser("status", parents=[common], help="where every session stands")
     s.add_argument("session", nargs="?", help="show one session's full history")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -141,6 +146,17 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         print(("done: " if result.ok else "rig2nwb: ") + result.message,
               file=sys.stdout if result.ok else sys.stderr)
         return 0 if result.ok else 1
+    if cmd == "attach":
+        from rig2nwb.attach import attach
+
+        try:
+            res = attach(cfg, args.session_folder, wait_seconds=args.wait)
+        except ValueError as exc:
+            print(f"rig2nwb: {exc}", file=sys.stderr)
+            return 1
+        print(("attached: " if res.ok else "rig2nwb: ") + res.message,
+              file=sys.stdout if res.ok else sys.stderr)
+        return 0 if res.ok else 1
     raise AssertionError(cmd)  # pragma: no cover
 
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rig2nwb.layout import PLACEHOLDER_NAMES, Pattern, check_pattern, placeholders
+from rig2nwb.layout import PLACEHOLDER_NAMES, Pattern, PatternError, check_pattern, placeholders
 
 DEFAULT_CONFIG = Path("config.toml")
 
@@ -172,6 +172,26 @@ class ScanConfig(_Section):
     on_mismatch: Literal["keep_nominal", "drop_extra_onsets"] = "keep_nominal"
 
 
+class Suite2pConfig(_Section):
+    """The scheduled suite2p stage: find each finished session's suite2p output and attach it.
+
+    ``folder`` is where suite2p saved its output (the folder holding plane0/, plane1/, ...):
+    relative to the session's TIFF folder ("suite2p", "../suite2p"), or an absolute path that may
+    use {subject}, {session} and {site}. Files are located by this folder structure only, never
+    through the paths suite2p stores inside ops.npy (they name the machine that ran suite2p)."""
+
+    enabled: bool = True
+    folder: str = "suite2p"
+    interval_seconds: float = Field(300.0, gt=0, description="how often suite2p folders are looked at")
+    settle_seconds: float = Field(60.0, ge=0, description="files must be unchanged this long")
+    # dF/F = (Fc - F0) / F0 with Fc = F - c * Fneu, F0 a running percentile of Fc.
+    neuropil_coefficient: float | None = Field(
+        None, ge=0, le=2, description="c; default: suite2p's own setting for the plane, else 0.7")
+    baseline_percentile: float = Field(8.0, gt=0, lt=100)
+    baseline_window_seconds: float = Field(60.0, gt=0)
+    min_baseline: float = Field(1.0, gt=0, description="F0 below this is clamped to it")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
@@ -193,6 +213,7 @@ class Config(_Section):
     imaging: ImagingConfig = ImagingConfig()
     scan: ScanConfig = ScanConfig()
     trials: TrialsConfig = TrialsConfig()
+    suite2p: Suite2pConfig = Suite2pConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Compiled patterns, built once: every scan matches thousands of paths against them.
@@ -334,11 +355,29 @@ def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
         if reserved:
             problems.append(f"trials.columns: {', '.join(reserved)} is computed by rig2nwb; "
                             "use another name")
+    folder = _get(raw, "suite2p", "folder")
+    if isinstance(folder, str):
+        problems += [f"suite2p.folder: {m}" for m in _suite2p_folder_problems(folder, available)]
     batch = _get(raw, "append", "batch_frames")
     commit = _get(raw, "append", "commit_every_frames")
     if isinstance(batch, int) and isinstance(commit, int) and commit < batch:
         problems.append("append.commit_every_frames: must be >= append.batch_frames")
     return problems
+
+
+def _suite2p_folder_problems(folder: str, available: set[str]) -> list[str]:
+    if not folder.strip():
+        return ["must not be empty (default: suite2p)"]
+    try:
+        names = placeholders(folder)
+    except PatternError as exc:
+        return [str(exc)]
+    unknown = sorted(names - available)
+    if unknown:
+        return ["unknown placeholder(s) " + ", ".join("{" + n + "}" for n in unknown)]
+    if any(c in folder for c in "*?["):
+        return ["must be a folder, not a wildcard pattern"]
+    return []
 
 
 def _path_problems(path: Path, must_exist: bool) -> list[str]:

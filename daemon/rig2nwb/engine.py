@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import threading
 import time
@@ -40,6 +41,7 @@ from rig2nwb.nwbwriter import (
 )
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
+from rig2nwb.suite2p_stage import AttachOutcome, Suite2pStage
 from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
 from rig2nwb.validation import CheckRun, CheckSummary
 
@@ -117,6 +119,7 @@ class Engine:
         self.root_ok = True
         self.stop_event = threading.Event()
         self.log = get_logger("rig2nwb.engine")
+        self.suite2p = Suite2pStage(cfg, ledger)
 
     # --- observing the rig folder ------------------------------------------------------------
 
@@ -277,6 +280,12 @@ class Engine:
                 except (NwbBusy, OSError) as exc:
                     self.log.warning("could not check NWB file at start-up; will retry",
                                      stage="recover", session=sess.session, error=str(exc))
+            elif sess.nwb_created:
+                try:
+                    self.suite2p.recover(sess)
+                except OSError as exc:
+                    self.log.warning("could not finish an interrupted suite2p attach; will retry",
+                                     stage="suite2p", session=sess.session, error=str(exc))
             self.dirty.add((sess.subject, sess.session))
 
     def step(self) -> int:
@@ -293,8 +302,54 @@ class Engine:
                 break
             done += self._step_session(key)
         self._close_idle_writers()
+        if not self.stop_event.is_set():
+            done += self.attach_next()
         self.run_checks()
         return done
+
+    # --- suite2p results -----------------------------------------------------------------------
+
+    def attach_next(self) -> int:
+        """Attach one session's suite2p results if the survey (or `rig2nwb attach`) asked for it.
+        One per step, so frames of sessions still acquiring keep flowing in between."""
+        for sid, row in self.ledger.suite2p_rows().items():
+            if row.requested_at is not None:
+                outcome = self.attach_suite2p(sid, on_demand=True)
+                # Cleared only now: `rig2nwb attach` waits for this, then reads the row.
+                if outcome.state == "waiting":
+                    self.ledger.set_suite2p(sid, state="incomplete", detail=outcome.message,
+                                            requested_at=None)
+                elif outcome.state != "busy":
+                    self.ledger.set_suite2p(sid, requested_at=None)
+                return 1
+        try:
+            sid, on_demand = self.suite2p.queue.get_nowait()
+        except queue.Empty:
+            return 0
+        self.attach_suite2p(sid, on_demand=on_demand)
+        return 1
+
+    def attach_suite2p(self, session_id: int, *, on_demand: bool = False) -> AttachOutcome:
+        sess = self.ledger.session_by_id(session_id)
+        if sess.state != "finished" or not sess.nwb_created:
+            return AttachOutcome("waiting", f"session {sess.session} is not finished yet "
+                                 "(suite2p results are attached to finished sessions)")
+        self._cancel_check(session_id)  # the validation child holds the file open
+        self._drop_writer(session_id)
+        try:
+            outcome = self.suite2p.attach(sess, on_demand=on_demand)
+        except OSError as exc:
+            log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
+            self._problem(sess, "output_error", f"{Path(sess.nwb_path).name}: suite2p results "
+                          f"could not be written ({exc}); will retry", "", log)
+            self.suite2p.queue.put((session_id, on_demand))
+            return AttachOutcome("busy", str(exc))
+        if outcome.state == "attached":
+            self.ledger.clear_problem(session_id, "output_error")
+            self.ledger.update_session(session_id, validation=None)  # check the file again
+        elif outcome.state == "busy" and not on_demand:  # on demand: the request stays open
+            self.suite2p.queue.put((session_id, on_demand))
+        return outcome
 
     # --- validation of finished files --------------------------------------------------------
 
@@ -1110,9 +1165,18 @@ class Engine:
         kept = writer.layout.complete(pages)
         try:
             writer.restore_timestamps()
+            dropped = writer.drop_suite2p()  # results of fewer frames no longer fit
             writer.sync()
         except (OSError, RuntimeError) as exc:
             self._write_failed(sess.id, exc)
+        if self.ledger.suite2p(sess.id) is not None:
+            self.ledger.set_suite2p(sess.id, state="stale", attached=None, seen=None,
+                                    detail="the session got new frames; suite2p results are "
+                                    "looked at again once it is finished")
+        if dropped:
+            self._warning(sess, "suite2p_dropped", "the attached suite2p results were removed "
+                          "because the session got new frames; rerun suite2p on all of them",
+                          "", log)
         if kept < pages:
             self.ledger.roll_back(sess.id, kept)  # those pages are appended again, in order
         self.ledger.update_session(sess.id, state="acquiring", validation=None)

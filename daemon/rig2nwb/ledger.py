@@ -79,6 +79,18 @@ CREATE TABLE IF NOT EXISTS problems (
     severity TEXT NOT NULL DEFAULT 'error',
     UNIQUE (session_id, file, code)
 );
+CREATE TABLE IF NOT EXISTS suite2p (
+    session_id INTEGER PRIMARY KEY REFERENCES sessions(id),
+    folder TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    seen TEXT,
+    seen_at REAL,
+    attached TEXT,
+    summary TEXT,
+    requested_at REAL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     session_id INTEGER REFERENCES sessions(id),
@@ -116,6 +128,22 @@ _ADDED_COLUMNS = {
     "sessions": [("timestamps_source", "TEXT"), ("layout", "TEXT"), ("validation", "TEXT")],
     "problems": [("severity", "TEXT NOT NULL DEFAULT 'error'")],
 }
+
+
+@dataclass(frozen=True)
+class Suite2pRow:
+    """Where a session's suite2p output stands (see suite2p_stage for the states)."""
+
+    session_id: int
+    folder: str
+    state: str
+    detail: str
+    seen: str | None  # fingerprint digest of the files last looked at
+    seen_at: float | None  # since when that fingerprint has been unchanged
+    attached: str | None  # fingerprint digest of the results in the NWB file (or staged)
+    summary: str | None  # JSON: planes, ROIs, cells, seconds, ...
+    requested_at: float | None  # `rig2nwb attach` asked while the daemon runs
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -316,6 +344,28 @@ class Ledger:
         self.roll_back(session_id, 0)
         self.update_session(session_id, nwb_created=0, identifier=None, frame_shape=None,
                             dtype=None, state="waiting", layout=None, validation=None)
+
+    # --- suite2p stage --------------------------------------------------------------------
+
+    def suite2p(self, session_id: int) -> Suite2pRow | None:
+        rows = self._all("SELECT * FROM suite2p WHERE session_id=?", session_id)
+        return Suite2pRow(**dict(rows[0])) if rows else None
+
+    def suite2p_rows(self) -> dict[int, Suite2pRow]:
+        return {r["session_id"]: Suite2pRow(**dict(r)) for r in self._all("SELECT * FROM suite2p")}
+
+    def set_suite2p(self, session_id: int, **fields: Any) -> None:
+        """Create or update a session's suite2p row (``folder`` and ``state`` needed to create)."""
+        fields["updated_at"] = time.time()
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{k}=excluded.{k}" for k in fields)
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO suite2p (session_id, {cols}) VALUES (?, {marks})"
+                f" ON CONFLICT (session_id) DO UPDATE SET {updates}",
+                (session_id, *fields.values()),
+            )
 
     # --- problems and history -------------------------------------------------------------
 

@@ -368,6 +368,12 @@ class SessionAppender:
             return True
         return False
 
+    def drop_suite2p(self) -> bool:
+        """Remove attached (and staged) suite2p results."""
+        from rig2nwb.suite2p_nwb import drop_results
+
+        return drop_results(self._f)
+
     def flush(self) -> None:
         self._f.flush()
 

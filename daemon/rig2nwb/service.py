@@ -88,6 +88,8 @@ class Service:
 
             engine.recover()
             engine.full_scan()
+            if cfg.suite2p.enabled:
+                engine.suite2p.start()
             observer = self._start_observer()
             last_scan = time.monotonic()
             self.log.info("watching", stage="service", root=str(cfg.rig.root),
@@ -112,6 +114,7 @@ class Service:
             raise
         finally:
             stop_observer(observer)
+            engine.suite2p.stop()
             if not poisoned:
                 engine.close()
             ledger.close()

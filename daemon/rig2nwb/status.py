@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rig2nwb.config import Config
-from rig2nwb.ledger import Ledger, SessionRow
+from rig2nwb.ledger import Ledger, SessionRow, Suite2pRow
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.service import ledger_path
 from rig2nwb.validation import CheckSummary
@@ -23,6 +23,7 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
     try:
         # Rig-wide problems concern every session, so each session lists them too.
         global_problems = [p.message for p in ledger.problems() if p.session_id is None]
+        suite2p = ledger.suite2p_rows()
         out = []
         for s in ledger.sessions():
             files = ledger.files(s.id)
@@ -56,6 +57,7 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                 "validation_counts": (
                     {"validation_errors": check.validation_errors, **check.counts}
                     if check else None),
+                "suite2p": _suite2p(suite2p.get(s.id)),
             })
         return out
     finally:
@@ -93,6 +95,7 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
             "layout": PageLayout.from_json(s.layout).describe() if s.layout else None,
             "series": _series_frames(s, ledger.frames_committed(s.id)),
             "validation": CheckSummary.from_json(s.validation).short() if s.validation else None,
+            "suite2p": _suite2p(ledger.suite2p(s.id)),
             "validation_messages": (CheckSummary.from_json(s.validation).messages
                                     if s.validation else []),
             "files": [{"path": f.path, "state": f.state, "frames": f.frames,
@@ -113,8 +116,8 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) 
     footer = "".join(f"\nrig-wide problem: {p}" for p in rig_wide or [])
     if not rows:
         return "no sessions yet" + footer
-    header = ["SUBJECT", "SESSION", "STATE", "FRAMES", "FILES", "NWB SIZE", "UPDATED", "CHECK",
-              "PROBLEM"]
+    header = ["SUBJECT", "SESSION", "STATE", "FRAMES", "FILES", "NWB SIZE", "UPDATED", "SUITE2P",
+              "CHECK", "PROBLEM"]
     body = []
     for r in rows:
         files = f"{r['files_committed']}/{r['files']}"
@@ -137,11 +140,31 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) 
             f"{r['frames']:,} ({len(series)} series)")
         body.append([r["subject"], r["session"], r["state"], frames, files,
                      _size(r["nwb_bytes"]), (r["last_update"] or "")[:19].replace("T", " "),
-                     check, last[:90]])
+                     _suite2p_cell(r["suite2p"]), check, last[:90]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]
     return "\n".join(lines) + footer
+
+
+def _suite2p(row: Suite2pRow | None) -> dict[str, Any] | None:
+    """The session's suite2p stage: None when no suite2p output has been seen."""
+    if row is None:
+        return None
+    summary = json.loads(row.summary) if row.summary and row.state == "attached" else None
+    return {"state": row.state, "detail": row.detail, "folder": row.folder,
+            "rois": summary["rois"] if summary else None,
+            "cells": summary["cells"] if summary else None,
+            "planes": summary["planes"] if summary else None,
+            "updated": _iso(row.updated_at)}
+
+
+def _suite2p_cell(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return "-"
+    if s["state"] == "attached":
+        return f"{s['cells']}/{s['rois']} cells"
+    return str(s["state"])
 
 
 def _series_frames(s: SessionRow, pages: int) -> dict[str, int]:

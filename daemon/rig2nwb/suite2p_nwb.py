@@ -1,0 +1,419 @@
+"""Writing suite2p results into a session's NWB file, replaceable as a whole.
+
+New results are written with pynwb into a staging processing module
+(``processing/ophys_rig2nwb_staging``); only when that is complete and fsynced is it moved into
+place as ``processing/ophys`` (an HDF5 link operation), after the old module is unlinked. A
+process killed while staging leaves the old results untouched and a staging group that the next
+attempt deletes; one killed during the swap leaves a staging group the ledger knows is complete,
+and ``swap_in`` finishes the move. So the file holds the complete old or the complete new results.
+
+hdmf writes links between objects of the same file as soft links by *path*, which a move would
+leave dangling: nothing inside the module links to another object of the module (every series
+gets its own copy of the plane's frame times; ROI tables are referenced through object
+references, which follow the object). ``_check_no_inner_links`` proves it before the swap.
+
+Orientation: suite2p's ``ypix`` is the image row and ``xpix`` the column. The raw series store
+``data[t, row, column]`` and the NWB dimension labels are (frames, x, y), so pixel masks are
+stored as (x=row, y=column, weight) and images as [row, column]: masks, images and the movie use
+one convention, stated in every description.
+
+Traces are written in (time, ROI) orientation in blocks of ROIs read from the memory-mapped
+suite2p arrays, so memory stays bounded (a block is ROIs x frames x 4 bytes) whatever the size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
+
+from rig2nwb.dff import BaselineSettings, dff_block
+from rig2nwb.suite2p_folder import Suite2pPlane
+
+MODULE = "ophys"
+STAGING = "ophys_rig2nwb_staging"
+ROI_BLOCK = 32  # ROIs per written block and per chunk column: (8192 frames x 32 ROIs) = 1 MB
+TIME_CHUNK = 8192
+
+ORIENTATION = (
+    "Pixel coordinates follow the raw TwoPhotonSeries: x = image row (suite2p ypix), y = image "
+    "column (suite2p xpix), so pixel_mask (x, y, weight) indexes data[t, x, y] of the movie."
+)
+
+
+class AttachError(Exception):
+    """The suite2p results do not fit this session's NWB file; the message says why."""
+
+
+@dataclass(frozen=True)
+class PlaneTarget:
+    """The raw series a suite2p plane belongs to, read from the NWB file."""
+
+    plane: int
+    series: str  # the functional channel's TwoPhotonSeries
+    imaging_plane: str
+    frames: int
+    frame_shape: tuple[int, int]
+    timestamps: np.ndarray | None  # a copy of the series' frame times, or None when rate form
+    starting_time: float
+    rate: float
+    suffix: str  # "" for a one-plane session, else "_plane{p}"
+
+
+@dataclass
+class AttachSummary:
+    planes: int = 0
+    rois: int = 0
+    cells: int = 0
+    red: int = 0
+    clamped: int = 0
+    seconds: float = 0.0
+    per_plane: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> AttachSummary:
+        return cls(**json.loads(text))
+
+    def short(self) -> str:
+        return (f"{self.rois} ROIs ({self.cells} cells"
+                + (f", {self.red} red" if self.red else "") + f"), {self.planes} plane(s)")
+
+
+def plane_target(f: h5py.File, series_name: str, plane: int, suffix: str) -> PlaneTarget:
+    """Describe the raw series ``series_name`` of an open NWB file."""
+    g = f[f"acquisition/{series_name}"]
+    data = g["data"]
+    link = g.get("imaging_plane", getlink=True)
+    plane_path = link.path if isinstance(link, h5py.SoftLink) else g["imaging_plane"].name
+    frames = int(data.shape[0])
+    if "timestamps" in g:
+        stamps = np.asarray(g["timestamps"][:frames], dtype=np.float64)
+        return PlaneTarget(plane, series_name, plane_path.rsplit("/", 1)[-1], frames,
+                           (int(data.shape[1]), int(data.shape[2])), stamps,
+                           float(stamps[0]) if frames else 0.0, 0.0, suffix)
+    st = g["starting_time"]
+    return PlaneTarget(plane, series_name, plane_path.rsplit("/", 1)[-1], frames,
+                       (int(data.shape[1]), int(data.shape[2])), None, float(st[()]),
+                       float(st.attrs["rate"]), suffix)
+
+
+def check_fit(plane: Suite2pPlane, target: PlaneTarget) -> list[str]:
+    """Every way a suite2p plane disagrees with the raw series it belongs to."""
+    name = plane.folder.name
+    problems = []
+    if plane.nframes != target.frames:
+        problems.append(f"{name}/F.npy has {plane.nframes} frames but {target.series} has "
+                        f"{target.frames}: suite2p ran on other frames than this session holds "
+                        "(rerun suite2p on the session's TIFFs)")
+    if (plane.Ly, plane.Lx) != target.frame_shape:
+        problems.append(f"{name}: suite2p frames are {plane.Ly}x{plane.Lx} but {target.series} "
+                        f"frames are {target.frame_shape[0]}x{target.frame_shape[1]}")
+    return problems
+
+
+class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
+    """Yield a (time, ROI) dataset in column blocks computed from (ROI, time) arrays."""
+
+    def __init__(self, n_rois: int, n_frames: int,
+                 block: Callable[[int, int], np.ndarray]) -> None:
+        self.n_rois, self.n_frames, self.block = n_rois, n_frames, block
+        self.r0 = 0
+
+    def __iter__(self) -> Iterator[DataChunk]:
+        return self
+
+    def __next__(self) -> DataChunk:
+        if self.r0 >= self.n_rois:
+            raise StopIteration
+        r0, r1 = self.r0, min(self.r0 + ROI_BLOCK, self.n_rois)
+        self.r0 = r1
+        values = np.ascontiguousarray(self.block(r0, r1).T, dtype=np.float32)
+        return DataChunk(data=values, selection=np.s_[:, r0:r1])
+
+    def recommended_chunk_shape(self) -> tuple[int, int]:
+        return (max(1, min(self.n_frames, TIME_CHUNK)), max(1, min(self.n_rois, ROI_BLOCK)))
+
+    def recommended_data_shape(self) -> tuple[int, int]:
+        return (self.n_frames, self.n_rois)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype("float32")
+
+    @property
+    def maxshape(self) -> tuple[int, int]:
+        return (self.n_frames, self.n_rois)
+
+
+def rows(arr: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows a:b of a (ROI, time) array. For a memory-mapped .npy they are read with plain file
+    reads: touching the map would keep every page read resident in this process (its RSS
+    grows by the whole file), while a read leaves them to the page cache."""
+    filename = getattr(arr, "filename", None)
+    if isinstance(arr, np.memmap) and filename and arr.flags.c_contiguous and arr.ndim == 2:
+        row_bytes = arr.shape[1] * arr.dtype.itemsize
+        with open(filename, "rb") as fh:
+            fh.seek(arr.offset + a * row_bytes)
+            out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * arr.shape[1])
+        return out.reshape(b - a, arr.shape[1])
+    return np.asarray(arr[a:b])
+
+
+def _traces(arr: np.ndarray, compression: dict[str, Any]) -> Any:
+    it = _TraceBlocks(arr.shape[0], arr.shape[1], lambda a, b: rows(arr, a, b))
+    return _wrap(it, compression, it.recommended_chunk_shape())
+
+
+def _wrap(data: Any, compression: dict[str, Any], chunks: tuple[int, ...] | None) -> Any:
+    from hdmf.backends.hdf5.h5_utils import H5DataIO
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*may not be available on all installations")
+        return H5DataIO(data=data, chunks=chunks, **compression)
+
+
+def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTarget],
+                  compression: dict[str, Any],
+                  baseline_for: Callable[[Suite2pPlane, PlaneTarget], BaselineSettings],
+                  source: str) -> AttachSummary:
+    """Write every plane's results into the staging module of ``path`` (replacing an old staging
+    group), then flush and fsync. The live ``ophys`` module is not touched."""
+    from pynwb import NWBHDF5IO
+
+    t0 = time.perf_counter()
+    discard_staging(path)
+    summary = AttachSummary(planes=len(planes))
+    with NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        mod = nwb.create_processing_module(
+            name=STAGING, description=(
+                f"suite2p results of this session, attached by rig2nwb from {source}. "
+                + ORIENTATION))
+        containers = _containers(mod)
+        for plane, target in zip(planes, targets, strict=True):
+            settings = baseline_for(plane, target)
+            summary.per_plane.append(
+                _add_plane(nwb, mod, containers, plane, target, compression, settings))
+        io.write(nwb)
+    with h5py.File(path, "r+") as f:
+        _check_no_inner_links(f, f"processing/{STAGING}")
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())
+    for p in summary.per_plane:
+        summary.rois += p["rois"]
+        summary.cells += p["cells"]
+        summary.red += p["red"]
+        summary.clamped += p["clamped"]
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _containers(mod: Any) -> dict[str, Any]:
+    from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation
+
+    made = {
+        "ImageSegmentation": ImageSegmentation(name="ImageSegmentation"),
+        "Fluorescence": Fluorescence(name="Fluorescence"),
+        "Neuropil": Fluorescence(name="Neuropil"),
+        "Deconvolved": Fluorescence(name="Deconvolved"),
+        "DfOverF": DfOverF(name="DfOverF"),
+    }
+    for c in made.values():
+        mod.add(c)
+    return made
+
+
+def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, target: PlaneTarget,
+               compression: dict[str, Any], settings: BaselineSettings) -> dict[str, Any]:
+    from hdmf.common import VectorData, VectorIndex
+    from pynwb.base import Images, TimeSeries
+    from pynwb.image import GrayscaleImage
+
+    n = plane.F.shape[0]
+    sfx = target.suffix
+    where = f"suite2p {plane.folder.name} ({plane.style} output)"
+    # Pixel masks as one compound column, built in one go: add_roi per ROI is far slower.
+    counts = np.array([len(y) for y in plane.ypix], dtype=np.int64)
+    pm = np.empty(int(counts.sum()), dtype=[("x", "u4"), ("y", "u4"), ("weight", "f4")])
+    if n:
+        pm["x"] = np.concatenate(plane.ypix)
+        pm["y"] = np.concatenate(plane.xpix)
+        pm["weight"] = np.concatenate(plane.lam)
+    # Not compressed: hdmf's compound-dtype writer drops allow_plugin_filters (blosc fails), and
+    # masks are small (12 bytes a pixel).
+    mask = VectorData(name="pixel_mask", data=pm,
+                      description="pixel masks (x = image row = suite2p ypix, y = image column = "
+                                  "suite2p xpix, weight = suite2p lam)")
+    index = VectorIndex(name="pixel_mask_index", data=np.cumsum(counts).astype(np.uint64),
+                        target=mask)
+    columns = [mask, index,
+               VectorData(name="iscell", data=plane.iscell[:, 0].astype(bool),
+                          description="suite2p iscell flag (column 0 of iscell.npy; the curated "
+                                      "classification)"),
+               VectorData(name="iscell_probability", data=plane.iscell[:, 1].astype(np.float64),
+                          description="suite2p classifier probability (column 1 of iscell.npy)")]
+    red = 0
+    if plane.redcell is not None:
+        red = int(np.count_nonzero(plane.redcell[:, 0]))
+        columns += [VectorData(name="redcell", data=plane.redcell[:, 0].astype(bool),
+                               description="suite2p redcell flag (column 0 of redcell.npy)"),
+                    VectorData(name="redcell_probability",
+                               data=plane.redcell[:, 1].astype(np.float64),
+                               description="suite2p redcell probability (column 1 of redcell.npy)")]
+    ps = c["ImageSegmentation"].create_plane_segmentation(
+        name=f"PlaneSegmentation{sfx}",
+        description=(f"ROIs of {target.imaging_plane} found by {where}. Row k is suite2p ROI k "
+                     "(its index in stat.npy / F.npy). " + ORIENTATION),
+        imaging_plane=nwb.imaging_planes[target.imaging_plane],
+        reference_images=nwb.acquisition[target.series],
+        id=np.arange(n), columns=columns)
+    timing = _timing(target)
+
+    def series(container: str, name: str, data: Any, unit: str, description: str) -> None:
+        # A region of its own for each series: a shared one is written as a link by path.
+        region = ps.create_roi_table_region(region=list(range(n)),
+                                            description=f"all ROIs of {where}")
+        c[container].create_roi_response_series(
+            name=name + sfx, data=data, rois=region, unit=unit, description=description,
+            **timing())
+
+    series("Fluorescence", "RoiResponseSeries", _traces(plane.F, compression), "a.u.",
+           f"F: ROI fluorescence (suite2p F.npy, {where}), in (time, ROI) order; times are the "
+           f"frame times of {target.series}.")
+    series("Neuropil", "Neuropil", _traces(plane.Fneu, compression), "a.u.",
+           f"Fneu: neuropil fluorescence around each ROI (suite2p Fneu.npy, {where}).")
+    series("Deconvolved", "Deconvolved", _traces(plane.spks, compression), "a.u.",
+           f"spks: deconvolved activity (suite2p spks.npy, OASIS; {where}).")
+    if plane.F_chan2 is not None:
+        series("Fluorescence", "RoiResponseSeries_chan2", _traces(plane.F_chan2, compression),
+               "a.u.", f"F_chan2: ROI fluorescence in the second channel (suite2p F_chan2.npy, {where}).")
+    if plane.Fneu_chan2 is not None:
+        series("Neuropil", "Neuropil_chan2", _traces(plane.Fneu_chan2, compression), "a.u.",
+               f"Fneu_chan2: neuropil fluorescence in the second channel ({where}).")
+
+    clamped = [0]
+    F, Fneu = plane.F, plane.Fneu
+
+    def dff(a: int, b: int) -> np.ndarray:
+        out, k = dff_block(rows(F, a, b), rows(Fneu, a, b), settings)
+        clamped[0] += k
+        return out
+
+    it = _TraceBlocks(n, plane.nframes, dff)
+    series("DfOverF", "DfOverF", _wrap(it, compression, it.recommended_chunk_shape()), "n.a.",
+           "dF/F (dimensionless), computed by rig2nwb: " + settings.describe())
+
+    images = []
+    texts = {
+        "meanImg": "mean of the registered movie (suite2p meanImg)",
+        "meanImgE": "enhanced mean image (suite2p meanImgE, high-pass filtered)",
+        "Vcorr": "correlation map (suite2p Vcorr)",
+        "max_proj": "maximum projection of the registered, filtered movie (suite2p max_proj)",
+        "meanImg_chan2": "mean image of the second channel (suite2p meanImg_chan2)",
+    }
+    crop = (f" suite2p computed it on rows {plane.crop[0]}:{plane.crop[1]}, columns "
+            f"{plane.crop[2]}:{plane.crop[3]} (its crop); it is placed there in the full frame and "
+            "NaN elsewhere.") if plane.crop else ""
+    for key, text in texts.items():
+        img = plane.images.get(key)
+        if img is None:
+            continue
+        extra = crop if key in ("Vcorr", "max_proj") else ""
+        images.append(GrayscaleImage(name=key, data=np.asarray(img, dtype=np.float32),
+                                     description=f"{text}; [row, column] like the movie.{extra}"))
+    if images:
+        mod.add(Images(name=f"Backgrounds{sfx}", images=images,
+                       description=f"background images of {where}, full-frame [row, column]"))
+    offsets = plane.offsets
+    if "yoff" in offsets and "xoff" in offsets:
+        mod.add(TimeSeries(
+            name=f"MotionOffsets{sfx}", unit="pixels",
+            data=np.stack([offsets["yoff"], offsets["xoff"]], axis=1).astype(np.float32),
+            description=(f"rigid registration offsets of {where}: column 0 = yoff (rows), "
+                         "column 1 = xoff (columns), the shift suite2p applied to each frame."),
+            **timing()))
+    if "yoff1" in offsets and "xoff1" in offsets:
+        mod.add(TimeSeries(
+            name=f"NonrigidMotionOffsets{sfx}", unit="pixels",
+            data=np.stack([offsets["yoff1"], offsets["xoff1"]], axis=2).astype(np.float32),
+            description=(f"non-rigid registration offsets of {where}: (time, block, [yoff1, "
+                         "xoff1]) per registration block, in rows and columns."),
+            **timing()))
+    cells = int(np.count_nonzero(plane.iscell[:, 0]))
+    return {"plane": plane.index, "rois": n, "cells": cells, "red": red, "clamped": clamped[0],
+            "frames": plane.nframes, "series": target.series,
+            "neuropil_coefficient": settings.neuropil_coefficient, "style": plane.style}
+
+
+def _timing(target: PlaneTarget) -> Callable[[], dict[str, Any]]:
+    """Frame times for each new series: a fresh copy of the raw series' timestamps (never a
+    link, see the module docstring), or its rate + starting_time."""
+    if target.timestamps is None:
+        return lambda: {"rate": target.rate, "starting_time": target.starting_time}
+    stamps = target.timestamps
+    return lambda: {"timestamps": stamps.copy()}
+
+
+def _check_no_inner_links(f: h5py.File, group: str) -> None:
+    bad: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if isinstance(link, h5py.SoftLink) and link.path.startswith(f"/{group}"):
+            bad.append(f"{group}/{name} -> {link.path}")
+
+    f[group].visititems_links(visit)
+    if bad:
+        raise AttachError("internal: staged results link inside themselves: " + "; ".join(bad))
+
+
+def discard_staging(path: Path) -> bool:
+    """Delete a staging group left by an interrupted attach; True if there was one."""
+    with h5py.File(path, "r+") as f:
+        if f"processing/{STAGING}" not in f:
+            return False
+        del f[f"processing/{STAGING}"]
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())
+    return True
+
+
+def has_staging(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        return f"processing/{STAGING}" in f
+
+
+def swap_in(path: Path) -> bool:
+    """Make the complete staging module the live ``ophys`` module (idempotent: returns False
+    when there is nothing staged, i.e. an earlier call already finished the move)."""
+    with h5py.File(path, "r+") as f:
+        if f"processing/{STAGING}" not in f:
+            return False
+        if f"processing/{MODULE}" in f:
+            del f[f"processing/{MODULE}"]
+        f.move(f"processing/{STAGING}", f"processing/{MODULE}")
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())
+    return True
+
+
+def drop_results(f: h5py.File) -> bool:
+    """Remove attached and staged results through an open handle (the session got new frames,
+    so they no longer describe it)."""
+    dropped = False
+    for name in (MODULE, STAGING):
+        if f"processing/{name}" in f:
+            del f[f"processing/{name}"]
+            dropped = True
+    return dropped
