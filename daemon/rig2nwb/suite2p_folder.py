@@ -46,7 +46,7 @@ OFFSETS_1D = ("yoff", "xoff", "corrXY")
 OFFSETS_2D = ("yoff1", "xoff1", "corrXY1")  # (T, nblocks), nonrigid registration
 
 _PLANE_NAME = re.compile(r"plane(0|[1-9][0-9]*)")
-_SCAN_VALUES = 1 << 22  # values per block of the NaN scan: 16 MB of float32
+_SCAN_VALUES = 1 << 21  # values per block of the NaN scan: 8 MB of float32 (+ 2 masks)
 
 # Facts for Suite2pPlane.settings: output name -> where to look (a key of the flat 0.14 ops, or
 # a (section, key) of 1.x's nested settings), first found wins.
@@ -296,6 +296,20 @@ def _traces(path: Path, *, required: bool) -> np.ndarray | None:
     return arr
 
 
+def read_rows(arr: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Rows a:b of a (ROI, time) array. For a memory-mapped .npy they are read with plain file
+    reads: touching the map would keep every page read resident in this process (its RSS
+    grows by the whole file), while a read leaves them to the page cache."""
+    filename = getattr(arr, "filename", None)
+    if isinstance(arr, np.memmap) and filename and arr.flags.c_contiguous and arr.ndim == 2:
+        row_bytes = arr.shape[1] * arr.dtype.itemsize
+        with open(filename, "rb") as fh:
+            fh.seek(arr.offset + a * row_bytes)
+            out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * arr.shape[1])
+        return out.reshape(b - a, arr.shape[1])
+    return np.asarray(arr[a:b])
+
+
 def _nonfinite_warning(path: Path, arr: np.ndarray) -> str | None:
     """Count NaN and infinite values block by block, so only one block is ever in memory."""
     if arr.dtype.kind != "f" or arr.size == 0:
@@ -303,7 +317,7 @@ def _nonfinite_warning(path: Path, arr: np.ndarray) -> str | None:
     rows = max(1, _SCAN_VALUES // max(1, arr.shape[1]))
     nans = infs = bad_rois = 0
     for start in range(0, arr.shape[0], rows):
-        block = np.asarray(arr[start:start + rows])
+        block = read_rows(arr, start, min(start + rows, arr.shape[0]))
         isnan = np.isnan(block)
         isinf = np.isinf(block)
         nans += int(isnan.sum())

@@ -37,7 +37,7 @@ import numpy as np
 from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
 
 from rig2nwb.dff import BaselineSettings, dff_block
-from rig2nwb.suite2p_folder import Suite2pPlane
+from rig2nwb.suite2p_folder import Suite2pPlane, read_rows
 
 MODULE = "ophys"
 STAGING = "ophys_rig2nwb_staging"
@@ -143,7 +143,11 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
         return DataChunk(data=values, selection=np.s_[:, r0:r1])
 
     def recommended_chunk_shape(self) -> tuple[int, int]:
-        return (max(1, min(self.n_frames, TIME_CHUNK)), max(1, min(self.n_rois, ROI_BLOCK)))
+        # Equal time chunks of at most TIME_CHUNK frames: a last, mostly empty chunk would be
+        # stored padded (15% more file for 50,000 frames in 8192-frame chunks, uncompressed).
+        n_chunks = max(1, -(-self.n_frames // TIME_CHUNK))
+        t_chunk = max(1, -(-self.n_frames // n_chunks))
+        return (t_chunk, max(1, min(self.n_rois, ROI_BLOCK)))
 
     def recommended_data_shape(self) -> tuple[int, int]:
         return (self.n_frames, self.n_rois)
@@ -157,22 +161,8 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
         return (self.n_frames, self.n_rois)
 
 
-def rows(arr: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Rows a:b of a (ROI, time) array. For a memory-mapped .npy they are read with plain file
-    reads: touching the map would keep every page read resident in this process (its RSS
-    grows by the whole file), while a read leaves them to the page cache."""
-    filename = getattr(arr, "filename", None)
-    if isinstance(arr, np.memmap) and filename and arr.flags.c_contiguous and arr.ndim == 2:
-        row_bytes = arr.shape[1] * arr.dtype.itemsize
-        with open(filename, "rb") as fh:
-            fh.seek(arr.offset + a * row_bytes)
-            out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * arr.shape[1])
-        return out.reshape(b - a, arr.shape[1])
-    return np.asarray(arr[a:b])
-
-
 def _traces(arr: np.ndarray, compression: dict[str, Any]) -> Any:
-    it = _TraceBlocks(arr.shape[0], arr.shape[1], lambda a, b: rows(arr, a, b))
+    it = _TraceBlocks(arr.shape[0], arr.shape[1], lambda a, b: read_rows(arr, a, b))
     return _wrap(it, compression, it.recommended_chunk_shape())
 
 
@@ -307,7 +297,7 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
     F, Fneu = plane.F, plane.Fneu
 
     def dff(a: int, b: int) -> np.ndarray:
-        out, k = dff_block(rows(F, a, b), rows(Fneu, a, b), settings)
+        out, k = dff_block(read_rows(F, a, b), read_rows(Fneu, a, b), settings)
         clamped[0] += k
         return out
 
