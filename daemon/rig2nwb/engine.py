@@ -326,6 +326,7 @@ class Engine:
             sid, on_demand = self.suite2p.queue.get_nowait()
         except queue.Empty:
             return 0
+        self.suite2p.queued.discard(sid)
         self.attach_suite2p(sid, on_demand=on_demand)
         return 1
 

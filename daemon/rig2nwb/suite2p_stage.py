@@ -99,6 +99,9 @@ class Suite2pStage:
         self.cfg = cfg
         self.ledger = ledger
         self.queue: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        # Sessions in the queue now. A row left 'ready' by an earlier process is not in it, and
+        # the survey queues it again (the queue itself does not survive a restart).
+        self.queued: set[int] = set()
         self.log = get_logger("rig2nwb.suite2p")
         self._scheduler: Any = None
 
@@ -136,6 +139,7 @@ class Suite2pStage:
             if sess.state != "finished" or not sess.nwb_created:
                 continue
             if self._survey_one(sess, rows.get(sess.id)):
+                self.queued.add(sess.id)
                 self.queue.put((sess.id, False))
                 queued.append(sess.id)
         return queued
@@ -153,7 +157,8 @@ class Suite2pStage:
         fp_digest = digest(fp)
         if row is not None and row.state in ("attached", "staged") and row.attached == fp_digest:
             return False
-        if row is not None and row.state in ("problem", "ready") and row.seen == fp_digest:
+        if row is not None and row.seen == fp_digest and (
+                row.state == "problem" or (row.state == "ready" and sess.id in self.queued)):
             return False  # a problem waits for the files to change; ready is queued already
         now = time.time()
         newest = max((m for _, _, m in fp), default=0) / 1e9
@@ -332,4 +337,5 @@ class Suite2pStage:
                                     detail="attach interrupted; attaching again")
             log.warning("discarded an attach interrupted while writing; the previous results "
                         "are unchanged", nwb=str(nwb))
+            self.queued.add(sess.id)
             self.queue.put((sess.id, False))
