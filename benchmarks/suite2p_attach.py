@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from childrun import Measured, measure
 
 # Only the standard library and numpy at module level: the NeuroConv child runs this file with
 # the peers venv's Python, which has neither rig2nwb nor hdf5plugin.
@@ -53,24 +54,6 @@ NEUROCONV_CHILD = "_neuroconv-attach"  # hidden subcommands: the measured childr
 H5PY_CHILD = "_h5py-write"
 SPEED_GOAL = 2.0  # rig2nwb at least 2x faster than NeuroConv at equal compression ...
 # ... and with a lower peak RSS.
-
-# Runs one command and records the peak RSS of its process tree. RUSAGE_CHILDREN's ru_maxrss is
-# the maximum over every waited-for descendant, so each measured command gets a fresh wrapper
-# whose only child is that command. argv: [-c, result.json, command...].
-_WRAPPER = """\
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-rc = subprocess.call(sys.argv[2:])
-wall = time.perf_counter() - t0
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-with open(sys.argv[1], "w") as f:
-    json.dump({"rc": rc, "wall": wall, "maxrss": ru.ru_maxrss * scale,
-               "cpu": ru.ru_utime + ru.ru_stime}, f)
-"""
-
-Traces = npt.NDArray[np.float32]
-
 
 # --- synthetic session: TIFFs and the suite2p folder ---------------------------------------
 
@@ -200,37 +183,6 @@ def write_suite2p_folder(plane_dir: Path, *, session_folder: Path, tiffs: Sequen
 
 
 # --- measuring child processes ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measured:
-    rc: int | None  # None: killed after the timeout
-    wall: float
-    peak_rss: int  # bytes
-    cpu: float
-
-
-def sync_disks() -> None:
-    # Dirty pages of the previous step (generated data, copied NWB files) would otherwise be
-    # written back during the next timed run.
-    os.sync()
-
-
-def measure(cmd: Sequence[str], run_dir: Path, timeout: float) -> Measured:
-    """Run ``cmd`` through the rusage wrapper; its stdout/stderr go to files in ``run_dir``."""
-    sync_disks()
-    result = run_dir / "rusage.json"
-    with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(result), *cmd],
-                                stdout=out, stderr=err, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return Measured(None, timeout, 0, 0.0)
-    data = json.loads(result.read_text())
-    return Measured(int(data["rc"]), float(data["wall"]), int(data["maxrss"]), float(data["cpu"]))
 
 
 def last_lines_of(text: str, n: int = 2) -> str:
