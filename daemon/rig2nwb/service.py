@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
 
@@ -47,11 +47,37 @@ def lock_state(cfg: Config, wait_seconds: float = 0.0) -> FileLock:
     return lock
 
 
+class ServiceHook(Protocol):
+    """Something that follows the worker loop without being part of the engine: systemd
+    notifications, apprise notifications, the status page, live previews.
+
+    Hooks run on the worker thread (they may read ``engine.ledger``), must return quickly and
+    must never stop the loop: an exception is logged and the loop goes on."""
+
+    name: str
+
+    def started(self, engine: Engine) -> None:
+        """The service is watching (after recovery and the first scan)."""
+
+    def tick(self, engine: Engine) -> None:
+        """Once per loop iteration (about every TICK_SECONDS when idle)."""
+
+    def stopping(self, engine: Engine) -> None:
+        """The loop has ended; called before the engine closes its files."""
+
+
+def default_hooks(cfg: Config) -> list[ServiceHook]:
+    """The hooks a daemon runs, in call order."""
+    hooks: list[ServiceHook] = []
+    return hooks
+
+
 class Service:
     """Watch the rig folder and keep every session's NWB file up to date until stopped."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, hooks: list[ServiceHook] | None = None) -> None:
         self.cfg = cfg
+        self.hooks = default_hooks(cfg) if hooks is None else hooks
         self.stop_event = threading.Event()
         self.log = get_logger("rig2nwb.service")
         self.events: queue.Queue[FsEvent] = queue.Queue()
@@ -107,8 +133,10 @@ class Service:
                         observer = self._start_observer()
                 engine.restat_pending()
                 engine.step()
+                self._call_hooks("tick", engine)
                 if until is not None and until(engine):
                     break
+            self._call_hooks("stopping", engine)
         except WriterPoisoned:
             poisoned = True  # the caller ends the process; no NWB handle may be closed here
             raise
@@ -121,6 +149,16 @@ class Service:
             lock.release()
             self.log.info("stopped", stage="service", restart_needed=poisoned)
         return 0
+
+    def _call_hooks(self, what: str, engine: Engine) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, what)(engine)
+            except WriterPoisoned:
+                raise
+            except Exception as exc:  # a hook must never stop conversion
+                self.log.error("service hook failed", stage="service", hook=hook.name, call=what,
+                               error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
     def _start_observer(self) -> Any:
         mode = self.cfg.watch.observer

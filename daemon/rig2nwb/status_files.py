@@ -1,0 +1,69 @@
+"""Where the files for people live, and how they are replaced.
+
+Everything an experimenter opens from a network share sits in the output folder, beside the NWB
+files, so one share gives both:
+
+- ``rig2nwb-status.html`` and its twin ``rig2nwb-status.json``: every session, its state and
+  problems;
+- ``rig2nwb-status/<subject>_<session>.summary.png``: the picture of a finished session;
+- ``rig2nwb-status/<subject>_<session>.preview.png``: the live preview while it is acquiring.
+
+Files are replaced atomically (a temporary file in the same folder, then ``os.replace``), so a
+browser or a file manager never sees half a page or half a picture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from rig2nwb.config import Config
+
+STATUS_HTML = "rig2nwb-status.html"
+STATUS_JSON = "rig2nwb-status.json"
+PICTURE_FOLDER = "rig2nwb-status"
+
+
+def status_html(cfg: Config) -> Path:
+    return cfg.output.folder / STATUS_HTML
+
+
+def status_json(cfg: Config) -> Path:
+    return cfg.output.folder / STATUS_JSON
+
+
+def picture_folder(cfg: Config) -> Path:
+    return cfg.output.folder / PICTURE_FOLDER
+
+
+def summary_png(cfg: Config, subject: str, session: str) -> Path:
+    """The per-session summary picture (made when the session finishes and after suite2p)."""
+    return picture_folder(cfg) / f"{_safe(subject)}_{_safe(session)}.summary.png"
+
+
+def preview_png(cfg: Config, subject: str, session: str) -> Path:
+    """The live preview (mean of the most recent frames) while the session is acquiring."""
+    return picture_folder(cfg) / f"{_safe(subject)}_{_safe(session)}.preview.png"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step; readers see the old or the new file, never a
+    mix. Not fsynced: these files are rebuilt from the ledger whenever they are lost."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _safe(name: str) -> str:
+    """Subject and session names are already checked to be safe path parts by the watcher; this
+    only keeps a stray separator from escaping the folder."""
+    return "".join(c if c not in '/\\:*?"<>|' else "_" for c in name) or "_"
