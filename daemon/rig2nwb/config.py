@@ -192,6 +192,33 @@ class Suite2pConfig(_Section):
     min_baseline: float = Field(1.0, gt=0, description="F0 below this is clamped to it")
 
 
+class StatusConfig(_Section):
+    """What rig2nwb shows people besides ``rig2nwb status``: the status page, the per-session
+    summary picture and the live preview (files in output.folder, see status_files)."""
+
+    page: bool = Field(True, description="rig2nwb-status.html + .json in output.folder")
+    page_interval_seconds: float = Field(
+        2.0, ge=0, description="rewrite the page on a change, at most this often")
+    summary_picture: bool = Field(True, description="a PNG per finished session")
+    preview: bool = Field(True, description="a small PNG of the latest frames while acquiring")
+    preview_interval_seconds: float = Field(10.0, gt=0, description="at most this often per session")
+    preview_frames: int = Field(100, ge=1, le=10_000, description="mean of this many latest frames")
+
+
+class NotifyTarget(_Section):
+    """One apprise URL and the kinds of events sent to it (its apprise tags)."""
+
+    url: str = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+
+
+class NotifyConfig(_Section):
+    """Notifications through apprise (see notify.py)."""
+
+    enabled: bool = True
+    targets: list[NotifyTarget] = Field(default_factory=list)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
@@ -214,6 +241,8 @@ class Config(_Section):
     scan: ScanConfig = ScanConfig()
     trials: TrialsConfig = TrialsConfig()
     suite2p: Suite2pConfig = Suite2pConfig()
+    status: StatusConfig = StatusConfig()
+    notify: NotifyConfig = NotifyConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Compiled patterns, built once: every scan matches thousands of paths against them.
