@@ -1,6 +1,7 @@
 """Structured logging: structlog in front, the stdlib ``logging`` machinery behind.
 
-JSON lines when stderr is not a terminal (journald, files, CI), a readable console on a terminal.
+JSON lines when stderr is not a terminal (journald, files, CI), a readable console on a terminal;
+under systemd each stream line also starts with its syslog priority (`<3>`), which journald reads.
 Library loggers (h5py, hdmf, watchdog, ...) go through the same formatter, so one stream holds
 everything. Every line carries ``rig``; stage code binds ``session`` and ``stage``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -80,7 +82,10 @@ def setup_logging(
         root.removeHandler(h)
         h.close()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter(console_renderer if use_console else json_renderer))
+    stream_formatter = formatter(console_renderer if use_console else json_renderer)
+    if is_journal_stream(stream):
+        stream_formatter = JournalPriority(stream_formatter)
+    handler.setFormatter(stream_formatter)
     root.addHandler(handler)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +114,43 @@ def setup_from_config(cfg: Config) -> None:
     lc = cfg.logging
     setup_logging(level=lc.level, fmt=lc.format, file=lc.file, max_bytes=lc.max_bytes,
                   backups=lc.backups, rig=cfg.rig.name)
+
+
+class JournalPriority(logging.Formatter):
+    """Prefix every line with its syslog priority (``<3>`` error ... ``<7>`` debug), which
+    journald strips and stores, so ``journalctl -u rig2nwb -p warning`` filters by level."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{journal_priority(record.levelno)}>"
+        # journald reads a stream line by line: a multi-line entry (a console traceback) needs
+        # the prefix on each line, or its continuation lines would be logged as info.
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def journal_priority(levelno: int) -> int:
+    """syslog priority of a logging level: 2 crit, 3 err, 4 warning, 6 info, 7 debug."""
+    for threshold, priority in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                                (logging.INFO, 6)):
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+def is_journal_stream(stream: Any) -> bool:
+    """True if ``stream`` is the journal connection systemd gave us, as sd-daemon documents:
+    ``$JOURNAL_STREAM`` holds its ``device:inode``. Checked rather than assumed, because a
+    child whose stderr was redirected elsewhere inherits the variable too."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (AttributeError, ValueError, OSError):  # no fd (a StringIO), or no/garbled variable
+        return False
 
 
 def get_logger(name: str = "rig2nwb", **bound: Any) -> Any:

@@ -19,6 +19,7 @@ import sys
 import time
 from types import FrameType
 
+from rig2nwb import sdnotify
 from rig2nwb.logs import get_logger
 
 RESTART_CODE = 75  # EX_TEMPFAIL: "start me again"
@@ -37,6 +38,7 @@ def supervise(worker_argv: list[str]) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: the worker commits its batch and exits")
         if child is not None and child.poll() is None:
             _ask_to_stop(child)
 
@@ -45,9 +47,13 @@ def supervise(worker_argv: list[str]) -> int:
     if hasattr(signal, "SIGBREAK"):
         signal.signal(signal.SIGBREAK, on_signal)
 
+    # systemd's watchdog (WATCHDOG_PID is ours): fed here only before a worker starts and while
+    # waiting to restart one, never while a worker runs, so a hung worker loop is restarted.
+    keepalive = sdnotify.Keepalive(sdnotify.watchdog_seconds(), extend_start=False)
     backoff = 1.0
     while True:
         started = time.monotonic()
+        keepalive.beat(force=True)  # the new worker's imports and start-up get a full interval
         child = _spawn(worker_argv)
         rc = _wait(child)
         ran = time.monotonic() - started
@@ -69,9 +75,12 @@ def supervise(worker_argv: list[str]) -> int:
         reason = "requested a restart" if rc == RESTART_CODE else f"exited with code {rc}"
         log.warning("worker stopped; starting a new one", stage="supervisor", reason=reason,
                     ran_seconds=round(ran, 1), restart_in_seconds=delay)
+        sdnotify.notify(f"STATUS=worker {reason}, restarting in {delay:g} s")
+        keepalive.beat(force=True)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not stopping:
             time.sleep(0.1)
+            keepalive.beat()  # correctly recovering: systemd must not kill us for the wait
         if stopping:
             return 0
 
