@@ -32,6 +32,10 @@ Facts and decisions (measured with pynwb 4.2.0, hdmf 6.2.0, nwbinspector 0.7.2):
 - The child lowers its own priority with ``os.nice(10)`` (POSIX; no ``preexec_fn``, which is
   unsafe in a threaded parent); on Windows it is started with BELOW_NORMAL_PRIORITY_CLASS. Its
   stdout and stderr go to anonymous temporary files, so a chatty child can never fill a pipe.
+- The same child draws the session's summary picture (``--picture PNG``, see summary_plot): it
+  runs after finalize and after every suite2p attach, and the engine cancels it before it writes
+  to the file again, so it is the one safe moment to read the file. ``--no-check`` draws the
+  picture only (``output.check_files = false``); the summary then says "not checked".
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +60,7 @@ MAX_MESSAGE_CHARS = 400
 DEFAULT_TIMEOUT_S = 1800.0
 NICE_INCREMENT = 10
 EXIT_COULD_NOT_RUN = 2
+NOT_CHECKED = "not checked (output.check_files = false)"
 
 # Most important first: the first two decide ``ok``.
 _ORDER = {"VALIDATION": 0, "CRITICAL": 1, "ERROR": 2, "BEST_PRACTICE_VIOLATION": 3,
@@ -68,20 +73,33 @@ def _zero_counts() -> dict[str, int]:
 
 @dataclass(frozen=True)
 class CheckSummary:
-    """What the ledger stores about one finished file's checks."""
+    """What the ledger stores about one finished file's checks (and its summary picture).
+
+    ``checked`` is False when the child only drew the picture (``output.check_files = false``):
+    then nothing was validated, ``short()`` says "not checked" and ``ok`` is True (no check
+    failed; it is not a verdict on the file). ``picture`` is the PNG written, ``picture_error``
+    why none was (a picture never fails the check)."""
 
     validation_errors: int = 0
     counts: dict[str, int] = field(default_factory=_zero_counts)
     messages: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failed: str | None = None
+    checked: bool = True
+    picture: str | None = None
+    picture_error: str | None = None
 
     @classmethod
     def failure(cls, reason: str, *, seconds: float = 0.0) -> CheckSummary:
         return cls(failed=reason, seconds=round(seconds, 3))
 
+    @classmethod
+    def not_checked(cls, *, seconds: float = 0.0, picture_error: str | None = None) -> CheckSummary:
+        return cls(checked=False, seconds=round(seconds, 3), picture_error=picture_error)
+
     @property
     def ok(self) -> bool:
+        """No check failed (also True when nothing was checked: see ``checked``)."""
         return self.failed is None and self.validation_errors == 0 and self.counts.get("CRITICAL", 0) == 0
 
     def to_json(self) -> str:
@@ -103,18 +121,24 @@ class CheckSummary:
             if not isinstance(messages, list):
                 raise TypeError("messages is not a list")
             failed = raw.get("failed")
+            picture, picture_error = raw.get("picture"), raw.get("picture_error")
             return cls(
                 validation_errors=int(raw["validation_errors"]),
                 counts=counts,
                 messages=[str(m) for m in messages],
                 seconds=float(raw.get("seconds", 0.0)),
                 failed=None if failed is None else str(failed),
+                checked=bool(raw.get("checked", True)),  # summaries stored before pictures existed
+                picture=None if picture is None else str(picture),
+                picture_error=None if picture_error is None else str(picture_error),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a check summary: {e}") from e
 
     def short(self) -> str:
         """One human line, e.g. ``valid; nwbinspector: 0 critical, 2 violations, 5 suggestions``."""
+        if not self.checked:
+            return NOT_CHECKED
         if self.failed is not None:
             n = self.validation_errors
             extra = f" ({_plural(n, 'validation error')})" if n else ""
@@ -254,8 +278,9 @@ class CheckRun:
     """``check_nwb`` in a child process: ``start``, then ``poll`` until it returns a summary."""
 
     def __init__(self, path: Path, proc: subprocess.Popen[bytes], out: IO[bytes], err: IO[bytes],
-                 timeout_s: float) -> None:
+                 timeout_s: float, *, check: bool = True) -> None:
         self.path = path
+        self.check = check
         self.proc = proc
         self.pid = proc.pid
         self._out = out
@@ -265,10 +290,18 @@ class CheckRun:
         self._result: CheckSummary | None = None
 
     @classmethod
-    def start(cls, path: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckRun:
-        """Spawn ``python -m rig2nwb.validation PATH``. Raises OSError only if it cannot spawn."""
+    def start(cls, path: Path, *, picture: Path | None = None, check: bool = True,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckRun:
+        """Spawn ``python -m rig2nwb.validation PATH``; with ``picture``, the child also writes
+        the summary PNG there; ``check=False`` skips the checks (picture only). Raises OSError
+        only if it cannot spawn."""
         path = Path(path)
-        argv = [sys.executable, "-m", "rig2nwb.validation", "--nice", str(NICE_INCREMENT), str(path)]
+        argv = [sys.executable, "-m", "rig2nwb.validation", "--nice", str(NICE_INCREMENT)]
+        if picture is not None:
+            argv += ["--picture", str(picture)]
+        if not check:
+            argv.append("--no-check")
+        argv.append(str(path))
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[1])  # so the child imports this same rig2nwb
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
@@ -286,7 +319,7 @@ class CheckRun:
             out.close()
             err.close()
             raise
-        return cls(path, proc, out, err, timeout_s)
+        return cls(path, proc, out, err, timeout_s, check=check)
 
     @property
     def seconds(self) -> float:
@@ -302,12 +335,12 @@ class CheckRun:
                 if self.seconds <= self._timeout_s:
                     return None
                 self._kill()
-                return self._finish(CheckSummary.failure(
-                    f"timed out after {self._timeout_s:g} s; check process killed", seconds=self.seconds))
+                return self._finish(self._failure(
+                    f"timed out after {self._timeout_s:g} s; check process killed"))
             return self._finish(self._collect(rc))
         except Exception as e:  # pragma: no cover - defensive: poll must never raise
             self._kill()
-            return self._finish(CheckSummary.failure(f"check runner error: {_exc(e)}", seconds=self.seconds))
+            return self._finish(self._failure(f"check runner error: {_exc(e)}"))
 
     def wait(self, interval_s: float = 0.1) -> CheckSummary:
         """Block until ``poll`` returns a summary (for tools and tests; the daemon polls)."""
@@ -320,6 +353,13 @@ class CheckRun:
         if self._result is None:
             self._kill()
             self._finish(CheckSummary.failure("cancelled", seconds=self.seconds))
+
+    def _failure(self, reason: str) -> CheckSummary:
+        """A child that failed: a failed check, or, when it only drew the picture, a picture
+        error (nothing was checked, so nothing about the file failed)."""
+        if self.check:
+            return CheckSummary.failure(reason, seconds=self.seconds)
+        return CheckSummary.not_checked(seconds=self.seconds, picture_error=reason)
 
     def _kill(self) -> None:
         with contextlib.suppress(OSError):
@@ -357,7 +397,21 @@ class CheckRun:
         tail = _last_line(self._err.read()[-4000:].decode("utf-8", "replace"))
         if tail:
             why += f"; stderr: {_clip(tail)}"
-        return CheckSummary.failure(why, seconds=self.seconds)
+        return self._failure(why)
+
+
+def draw_picture(nwb: Path, png: Path) -> str | None:
+    """Write the summary picture of ``nwb`` to ``png``; None when done, else why not (one line).
+    Run after the checks, in the same child: the engine does not write the file meanwhile."""
+    try:
+        from rig2nwb.status_files import write_atomic
+        from rig2nwb.summary_plot import render_summary
+
+        write_atomic(png, render_summary(nwb))
+    except Exception as e:  # whatever the file holds, the picture never fails the check
+        traceback.print_exc()
+        return _clip(f"{png.name}: {_exc(e)}")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,15 +419,24 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Validate and inspect one NWB file; print a JSON summary.")
     parser.add_argument("path", type=Path)
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority (POSIX)")
+    parser.add_argument("--picture", type=Path, default=None, metavar="PNG",
+                        help="also write the summary picture of the file here (after the checks)")
+    parser.add_argument("--no-check", action="store_true", help="skip the checks (picture only)")
     args = parser.parse_args(argv)
     if args.nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(args.nice)
+    t0 = time.monotonic()
     try:
-        summary = check_nwb(args.path)
+        summary = CheckSummary.not_checked() if args.no_check else check_nwb(args.path)
     except Exception as e:  # check_nwb should not raise; if it does, still print a summary
         summary = CheckSummary.failure(f"check crashed: {_exc(e)}")
         traceback.print_exc()
+    if args.picture is not None:
+        error = draw_picture(args.path, args.picture)
+        summary = replace(summary, picture=None if error else str(args.picture), picture_error=error)
+    if not summary.checked:
+        summary = replace(summary, seconds=round(time.monotonic() - t0, 3))
     sys.stdout.write(summary.to_json() + "\n")
     sys.stdout.flush()
     return EXIT_COULD_NOT_RUN if summary.failed is not None else 0
