@@ -99,7 +99,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             print(render_json([record]) if args.json else _history_text(record))
             return 0
         rows = collect(cfg)
-        print(render_json(rows) if args.json else render_table(rows, rig_problems(cfg)))
+        print(render_json(rows) if args.json else render_table(rows, rig_problems(cfg), cfg.tz))
         return 0
     if cmd == "demo":
         return _demo(args, config_path)
@@ -217,6 +217,9 @@ def _history_text(record: dict[str, object]) -> str:
     for p in record["problems"] or [{"message": "none", "active": False, "since": ""}]:  # type: ignore[attr-defined]
         flag = ("WARNING " if p.get("severity") == "warning" else "ACTIVE  ") if p["active"] else " " * 8
         lines.append(f"  {flag}{p['since'] or ''} {p['message']}")
+    from rig2nwb.status import timing_lines
+
+    lines += timing_lines(record)
     lines.append("history:")
     for e in record["events"]:  # type: ignore[attr-defined]
         lines.append(f"  {e['at']} [{e['stage']}] {e['message']}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 from rig2nwb.config import Config
-from rig2nwb.ledger import Ledger, SessionRow, Suite2pRow
+from rig2nwb.ledger import FileRow, Ledger, ProblemRow, SessionRow, Suite2pRow
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.service import ledger_path
 from rig2nwb.validation import CheckSummary
@@ -16,35 +16,52 @@ from rig2nwb.validation import CheckSummary
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
     """One dict per session; the keys are the documented ``status --json`` contract."""
+    return snapshot(cfg)[0]
+
+
+def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
+    """``collect`` and ``rig_problems`` read through one ledger connection (the status page
+    needs both at every rewrite)."""
     path = ledger_path(cfg)
     if not path.exists():
-        return []
+        return [], []
     ledger = Ledger(path, readonly=True)
     try:
-        # Rig-wide problems concern every session, so each session lists them too.
-        global_problems = [p.message for p in ledger.problems() if p.session_id is None]
+        # A constant number of queries, whatever the number of sessions: the status page runs
+        # this on the daemon's worker thread, and ledgers grow for months.
+        active_by_session: dict[int | None, list[ProblemRow]] = {}
+        for p in ledger.problems():
+            active_by_session.setdefault(p.session_id, []).append(p)
+        # Rig-wide problems concern every session, so each session lists them too; rig-wide
+        # warnings (the output disk filling up) are shown once, below the table / in the banner.
+        rig_wide = active_by_session.get(None, [])
+        global_problems = [p.message for p in rig_wide if p.severity != "warning"]
+        global_warnings = [f"warning: {p.message}" for p in rig_wide if p.severity == "warning"]
         suite2p = ledger.suite2p_rows()
+        counts = ledger.file_counts()
+        committed = ledger.all_frames_committed()
         out = []
         for s in ledger.sessions():
-            files = ledger.files(s.id)
+            n_files, n_committed, n_failed, source_bytes = counts.get(s.id, (0, 0, 0, 0))
             nwb = Path(s.nwb_path)
-            active = ledger.problems(s.id)
+            active = active_by_session.get(s.id, [])
             problems = [p.message for p in active if p.severity != "warning"]
             check = CheckSummary.from_json(s.validation) if s.validation else None
+            layout = PageLayout.from_json(s.layout) if s.layout else None
+            pages = committed.get(s.id, 0)
             out.append({
                 "subject": s.subject,
                 "session": s.session,
                 "site": s.site,
                 "state": s.state,
-                "frames": ledger.frames_committed(s.id),
-                "series": _series_frames(s, ledger.frames_committed(s.id)),
-                "files": len(files),
-                "files_committed": sum(f.state == "committed" for f in files),
-                "files_failed": sum(f.state in ("failed", "vanished", "out_of_order")
-                                    for f in files),
-                "source_bytes": sum(f.size or 0 for f in files if f.state == "committed"),
+                "frames": pages,
+                "series": _series_frames(s, pages),
+                "files": n_files,
+                "files_committed": n_committed,
+                "files_failed": n_failed,
+                "source_bytes": source_bytes,
                 "nwb_path": str(nwb),
-                "nwb_bytes": nwb.stat().st_size if nwb.exists() else 0,
+                "nwb_bytes": _file_size(nwb),
                 "start_time": s.start_time,
                 "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
                 "last_update": _iso(s.updated_at),
@@ -53,13 +70,18 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
                 "warnings": [p.message for p in active if p.severity == "warning"],
                 "validation": check.short() if check else (
                     "pending" if s.state == "finished" else None),
-                "validation_ok": check.ok if check else None,
+                # None: pending, or not checked (output.check_files = false; see "validation").
+                "validation_ok": check.ok if check and check.checked else None,
                 "validation_counts": (
                     {"validation_errors": check.validation_errors, **check.counts}
-                    if check else None),
+                    if check and check.checked else None),
                 "suite2p": _suite2p(suite2p.get(s.id)),
+                # Added later (keys are only ever added): frames per second of each series and
+                # of the scanner (flyback included); null before the session's first file.
+                "rate_hz": layout.series_rate if layout else None,
+                "scan_rate_hz": layout.frame_rate if layout else None,
             })
-        return out
+        return out, global_problems + global_warnings
     finally:
         ledger.close()
 
@@ -71,7 +93,9 @@ def rig_problems(cfg: Config) -> list[str]:
         return []
     ledger = Ledger(path, readonly=True)
     try:
-        return [p.message for p in ledger.problems() if p.session_id is None]
+        rig_wide = [p for p in ledger.problems() if p.session_id is None]
+        return ([p.message for p in rig_wide if p.severity != "warning"]
+                + [f"warning: {p.message}" for p in rig_wide if p.severity == "warning"])
     finally:
         ledger.close()
 
@@ -87,6 +111,9 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
         if not rows:
             return None
         s = rows[0]
+        files = ledger.files(s.id)
+        events = ledger.events(s.id)
+        s2p = ledger.suite2p(s.id)
         return {
             "subject": s.subject, "session": s.session, "state": s.state,
             "nwb_path": s.nwb_path, "frames": ledger.frames_committed(s.id),
@@ -95,56 +122,191 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
             "layout": PageLayout.from_json(s.layout).describe() if s.layout else None,
             "series": _series_frames(s, ledger.frames_committed(s.id)),
             "validation": CheckSummary.from_json(s.validation).short() if s.validation else None,
-            "suite2p": _suite2p(ledger.suite2p(s.id)),
+            "suite2p": _suite2p(s2p),
             "validation_messages": (CheckSummary.from_json(s.validation).messages
                                     if s.validation else []),
             "files": [{"path": f.path, "state": f.state, "frames": f.frames,
                        "first_frame": f.first_frame, "size": f.size, "error": f.error}
-                      for f in ledger.files(s.id)],
+                      for f in files],
             "problems": [{"code": p.code, "file": p.file, "message": p.message,
                           "severity": p.severity, "active": bool(p.active),
                           "since": _iso(p.first_at)}
                          for p in ledger.problems(s.id, active_only=False)],
             "events": [{"at": _iso(at), "stage": st, "message": m}
-                       for at, st, m in ledger.events(s.id)],
+                       for at, st, m in events],
+            "rate_hz": PageLayout.from_json(s.layout).series_rate if s.layout else None,
+            "timings": _timings(s, files, events, s2p),
         }
     finally:
         ledger.close()
 
 
-def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) -> str:
-    footer = "".join(f"\nrig-wide problem: {p}" for p in rig_wide or [])
+def _timings(s: SessionRow, files: list[FileRow], events: list[tuple[float, str, str]],
+             s2p: Suite2pRow | None) -> dict[str, Any]:
+    """When each stage happened, from the ledger's own timestamps and events (ISO UTC), and how
+    long the check and the suite2p attach took (seconds, from their stored summaries)."""
+    def last_event(stage: str) -> float | None:
+        return max((at for at, st, _ in events if st == stage), default=None)
+
+    committed = [f.updated_at for f in files if f.frames_committed > 0]
+    check = CheckSummary.from_json(s.validation) if s.validation else None
+    s2p_seconds = None
+    if s2p is not None and s2p.summary and s2p.state == "attached":
+        s2p_seconds = json.loads(s2p.summary).get("seconds")
+    return {
+        "first_file_seen": _iso(min((f.first_seen for f in files), default=None)),
+        # The last creation counts: a lost or damaged file is rebuilt under the same name.
+        "nwb_created": _iso(last_event("create")),
+        "last_frame_committed": _iso(max(committed, default=None)),
+        "finished": _iso(s.finished_at),
+        "checked": _iso(last_event("validate")) if check else None,
+        "check_seconds": check.seconds if check else None,
+        "suite2p_attached": _iso(last_event("suite2p")) if s2p_seconds is not None else None,
+        "suite2p_seconds": s2p_seconds,
+    }
+
+
+_TIMING_LABELS = (("first_file_seen", "first file seen"), ("nwb_created", "NWB file created"),
+                  ("last_frame_committed", "last frame committed"), ("finished", "finished"))
+
+
+def timing_lines(record: dict[str, Any]) -> list[str]:
+    """The "timings:" part of ``rig2nwb status SESSION``: each stage's time and how long after
+    the first file it came, then the durations of the check and of the suite2p attach."""
+    t = record.get("timings") or {}
+    start = datetime.fromisoformat(t["first_file_seen"]) if t.get("first_file_seen") else None
+    lines = ["timings:"]
+    for key, label in _TIMING_LABELS:
+        if not t.get(key):
+            lines.append(f"  {label:<21} -")
+            continue
+        since = (datetime.fromisoformat(t[key]) - start).total_seconds() if start else -1.0
+        after = f"  (+{_duration(since)})" if since >= 0 and key != "first_file_seen" else ""
+        lines.append(f"  {label:<21} {t[key]}{after}")
+    for seconds, done, label in (("check_seconds", "checked", "check took"),
+                                 ("suite2p_seconds", "suite2p_attached", "suite2p attach took")):
+        if t.get(seconds) is not None:
+            when = f" (done {t[done]})" if t.get(done) else ""
+            lines.append(f"  {label:<21} {t[seconds]:.3g} s{when}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``42 s``, ``12 min 3 s``, ``3 h 5 min``: a human interval."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+ACTIVE_STATES = ("acquiring", "paused", "waiting")
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sessions as people look for them: the ones not finished yet first (most recently updated
+    first), then finished ones, most recently finished first. ISO UTC strings sort as times."""
+    active = sorted((r for r in rows if r["state"] != "finished"),
+                    key=lambda r: r["last_update"] or "", reverse=True)
+    done = sorted((r for r in rows if r["state"] == "finished"),
+                  key=lambda r: r["finished_at"] or r["last_update"] or "", reverse=True)
+    return active + done
+
+
+def counts_line(rows: list[dict[str, Any]], rig_wide: list[str] | None = None) -> str:
+    """One line that says how many sessions are in which stage and how many need a look."""
+    stages: dict[str, int] = {}
+    for r in rows:
+        stages[r["state"]] = stages.get(r["state"], 0) + 1
+    order = [*ACTIVE_STATES, "finished"]
+    parts = [f"{stages[k]} {k}" for k in sorted(stages, key=lambda k: (
+        order.index(k) if k in order else len(order), k))]
+    line = f"{len(rows)} session(s): " + ", ".join(parts)
+    errors = sum(bool(own_problems(r, rig_wide)) for r in rows)
+    warned = sum(bool(r["warnings"]) and not own_problems(r, rig_wide) for r in rows)
+    if errors:
+        line += f"; {errors} with problems"
+    if warned:
+        line += f"; {warned} with warnings only"
+    return line
+
+
+def own_problems(row: dict[str, Any], rig_wide: list[str] | None = None) -> list[str]:
+    """A row's active errors without the rig-wide ones that ``collect`` copies into every row."""
+    shared = set(rig_wide or [])
+    return [p for p in row["problems"] if p not in shared]
+
+
+def check_cell(r: dict[str, Any]) -> str:
+    if r["validation"] is not None and r["validation_ok"] is None and r["validation"] != "pending":
+        return "not checked"  # output.check_files = false (only the summary picture was made)
+    check = "-" if r["validation"] is None else (
+        "pending" if r["validation_ok"] is None else ("ok" if r["validation_ok"] else "FAILED"))
+    if r["validation_counts"] and r["validation_ok"] is not None:
+        c = r["validation_counts"]
+        check += (f" ({c['CRITICAL']}C/{c['BEST_PRACTICE_VIOLATION']}V/"
+                  f"{c['BEST_PRACTICE_SUGGESTION']}S)")
+    return check
+
+
+def files_cell(r: dict[str, Any]) -> str:
+    files = f"{r['files_committed']}/{r['files']}"
+    if r["files_failed"]:
+        files += f" ({r['files_failed']} bad)"
+    return files
+
+
+def frames_cell(r: dict[str, Any]) -> str:
+    series = r["series"]
+    return f"{r['frames']:,}" if len(series) <= 1 else f"{r['frames']:,} ({len(series)} series)"
+
+
+def rate_cell(r: dict[str, Any]) -> str:
+    rate = r.get("rate_hz")
+    return "-" if rate is None else f"{rate:.4g} Hz"
+
+
+def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None,
+                 tz: tzinfo | None = None) -> str:
+    """The ``rig2nwb status`` table, active sessions first; times in ``tz`` (default: UTC)."""
+    footer = "".join(f"\nrig-wide {p}" if p.startswith("warning: ") else f"\nrig-wide problem: {p}"
+                     for p in rig_wide or [])
     if not rows:
         return "no sessions yet" + footer
-    header = ["SUBJECT", "SESSION", "STATE", "FRAMES", "FILES", "NWB SIZE", "UPDATED", "SUITE2P",
-              "CHECK", "PROBLEM"]
+    header = ["SUBJECT", "SESSION", "STAGE", "FRAMES", "FILES", "NWB SIZE", "RATE", "UPDATED",
+              "SUITE2P", "CHECK", "LAST PROBLEM"]
     body = []
-    for r in rows:
-        files = f"{r['files_committed']}/{r['files']}"
-        if r["files_failed"]:
-            files += f" ({r['files_failed']} bad)"
-        problems = [p for p in r["problems"] if p not in (rig_wide or [])]  # those go below
+    for r in sort_rows(rows):
+        problems = own_problems(r, rig_wide or [])  # rig-wide ones are listed below the table
         warnings = [f"warning: {w}" for w in r["warnings"]]
         shown = problems or warnings  # errors first; warnings when there is nothing worse
         last = shown[-1] if shown else ""
         if len(shown) > 1:
             last = f"[{len(shown)}] {last}"
-        check = "-" if r["validation"] is None else (
-            "pending" if r["validation_ok"] is None else ("ok" if r["validation_ok"] else "FAILED"))
-        if r["validation_counts"] and r["validation_ok"] is not None:
-            c = r["validation_counts"]
-            check += (f" ({c['CRITICAL']}C/{c['BEST_PRACTICE_VIOLATION']}V/"
-                      f"{c['BEST_PRACTICE_SUGGESTION']}S)")
-        series = r["series"]
-        frames = f"{r['frames']:,}" if len(series) <= 1 else (
-            f"{r['frames']:,} ({len(series)} series)")
-        body.append([r["subject"], r["session"], r["state"], frames, files,
-                     _size(r["nwb_bytes"]), (r["last_update"] or "")[:19].replace("T", " "),
-                     _suite2p_cell(r["suite2p"]), check, last[:90]])
+        body.append([r["subject"], r["session"], r["state"], frames_cell(r), files_cell(r),
+                     human_size(r["nwb_bytes"]), rate_cell(r), local_time(r["last_update"], tz),
+                     _suite2p_cell(r["suite2p"]), check_cell(r), _clip(last, 90)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]
+    if len(rows) > 1:
+        lines.append(counts_line(rows, rig_wide))
     return "\n".join(lines) + footer
+
+
+def local_time(iso: str | None, tz: tzinfo | None = None) -> str:
+    """An ISO time from ``collect`` as ``2026-11-21 14:02:01`` in ``tz`` (seconds, no zone)."""
+    if not iso:
+        return ""
+    t = datetime.fromisoformat(iso)
+    return (t.astimezone(tz) if tz else t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _suite2p(row: Suite2pRow | None) -> dict[str, Any] | None:
@@ -184,7 +346,14 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds") if ts else None
 
 
-def _size(n: int) -> str:
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def human_size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
