@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+)
 
 from rig2nwb.layout import PLACEHOLDER_NAMES, Pattern, PatternError, check_pattern, placeholders
 
@@ -51,6 +61,9 @@ class OutputConfig(_Section):
     compression: Literal["none", "gzip", "lzf", "blosc-lz4", "blosc-zstd"] = "blosc-lz4"
     compression_level: int | None = Field(None, ge=0, le=9)
     min_free_mb: int = Field(1024, ge=0)
+    warn_free_mb: int | None = Field(
+        None, ge=0, description="rig-wide warning below this much free space; default 10 x "
+        "min_free_mb, 0 = never")
     check_files: bool = Field(True, description="check finished files with pynwb + nwbinspector")
 
 
@@ -205,18 +218,131 @@ class StatusConfig(_Section):
     preview_frames: int = Field(100, ge=1, le=10_000, description="mean of this many latest frames")
 
 
-class NotifyTarget(_Section):
-    """One apprise URL and the kinds of events sent to it (its apprise tags)."""
+NotifyKind = Literal["converted", "suite2p", "problem", "warning", "daemon"]
+# `warning` is chatty (every header that disagrees with its pages, low disk space): opt in.
+DEFAULT_NOTIFY_KINDS: tuple[NotifyKind, ...] = ("converted", "suite2p", "problem", "daemon")
 
-    url: str = Field(min_length=1)
-    tags: list[str] = Field(default_factory=list)
+
+class NotifyTarget(_Section):
+    """One apprise URL and the kinds of events sent to it (its apprise tags).
+
+    ``url`` stays as written, ``${NAME}`` references included, so it is safe to show; the URL
+    with the secrets filled in (from the environment or ``$CREDENTIALS_DIRECTORY``) is kept
+    apart, as a SecretStr that no repr, dump or log line reveals (``secret_url()``)."""
+
+    url: str = Field(min_length=1, description="apprise URL; secrets as ${NAME}")
+    tags: list[NotifyKind] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_KINDS), min_length=1)
+    _filled: SecretStr | None = PrivateAttr(None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        try:
+            self._filled = SecretStr(fill_secrets(self.url))
+        except SecretProblem:
+            self._filled = None  # reported by validate_config (check_paths) or by the notifier
+
+    def secret_url(self) -> str:
+        """The URL with its ``${NAME}`` references filled in; SecretProblem if one is unset."""
+        if self._filled is None:
+            return fill_secrets(self.url)  # raises with the name of what is missing
+        return self._filled.get_secret_value()
 
 
 class NotifyConfig(_Section):
-    """Notifications through apprise (see notify.py)."""
+    """Notifications through apprise (see notify.py and docs/notifications.md)."""
 
     enabled: bool = True
     targets: list[NotifyTarget] = Field(default_factory=list)
+    attempts: int = Field(4, ge=1, le=20, description="tries per notification and target")
+    retry_delays_seconds: list[NonNegativeFloat] = Field(
+        default_factory=lambda: [10.0, 30.0, 90.0], min_length=1,
+        description="wait before the 2nd, 3rd, ... try (the last one repeats)")
+    timeout_seconds: float = Field(30.0, gt=0, description="one try of one notification")
+    stop_flush_seconds: float = Field(
+        5.0, ge=0, description="on stop, keep delivering what is pending this long")
+    link_prefix: str = Field(
+        "", description="shown in place of output.folder in paths (a share or an https URL)")
+
+
+class SecretProblem(ValueError):
+    """A ``${...}`` in a notification URL that cannot be filled in (the message says why)."""
+
+
+class SecretMissing(SecretProblem):
+    """A well-formed ``${NAME}`` whose variable is not set (in this environment)."""
+
+
+_SECRET_REF = re.compile(r"\$\{([^}]*)\}")
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# scheme://user:password@... : the password of a URL's user info (before the first / ? #).
+_USERINFO_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*:([^/?#]*)@")
+
+
+def fill_secrets(url: str) -> str:
+    """Replace every ``${NAME}`` by the environment variable NAME, else by the file NAME in
+    ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential). A value that is the password of the
+    URL's user info is percent-encoded, so any character works there; elsewhere it is inserted
+    as it is (a token, a host, a whole URL)."""
+    userinfo = _USERINFO_PASSWORD.match(url)
+    password_span = userinfo.span(1) if userinfo else None
+    out, pos = [], 0
+    for m in _SECRET_REF.finditer(url):
+        name = m.group(1)
+        if not _SECRET_NAME.fullmatch(name):
+            raise SecretProblem(f"{m.group(0)} is not a valid reference (write ${{NAME}}, NAME "
+                                "made of letters, digits and _)")
+        value = _secret_value(name)
+        if m.span() == password_span:
+            value = quote(value, safe="")
+        out += [url[pos:m.start()], value]
+        pos = m.end()
+    return "".join([*out, url[pos:]])
+
+
+def _secret_value(name: str) -> str:
+    value = os.environ.get(name)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if value is None and creds:
+        try:
+            value = (Path(creds) / name).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            value = None
+    if value is None:
+        where = " nor in $CREDENTIALS_DIRECTORY" if creds else ""
+        raise SecretMissing(f"${{{name}}} is not set in the environment{where}")
+    if not value:
+        raise SecretMissing(f"${{{name}}} is empty")
+    return value
+
+
+def notify_url_problems(url: str, *, check_environment: bool = True) -> list[str]:
+    """What is wrong with one notification URL as written in config.toml. Secrets must come
+    from ``${NAME}`` (config files get copied, mailed, committed); with ``check_environment``
+    every reference must also be set and apprise must be able to use the result. Messages show
+    a URL only in apprise's privacy form (secrets masked)."""
+    m = _USERINFO_PASSWORD.match(url)
+    if m and m.group(1) and not re.fullmatch(r"\$\{[^}]*\}", m.group(1)):
+        return ["holds a password written in the URL itself; put it in an environment variable "
+                "(or a systemd credential) and write ${NAME} in its place, e.g. "
+                "mailto://user:${SMTP_PASSWORD}@host"]
+    try:
+        filled = fill_secrets(url)
+    except SecretMissing as exc:
+        return [str(exc)] if check_environment else []
+    except SecretProblem as exc:
+        return [str(exc)]
+    if not check_environment:
+        return []
+    from rig2nwb.notify import instantiate  # apprise is imported only when targets exist
+
+    plugin = instantiate(filled)
+    if plugin is None:
+        return ["apprise cannot use this URL (unknown service, or parts missing or invalid; see "
+                "https://github.com/caronc/apprise/wiki)"]
+    shown = plugin.url(privacy=True)
+    if not _SECRET_REF.search(url) and shown != plugin.url(privacy=False):
+        return [f"holds a secret (token or password) written literally ({shown}); put it in an "
+                "environment variable (or a systemd credential) and write ${NAME} in its place"]
+    return []
 
 
 class LoggingConfig(_Section):
@@ -384,6 +510,12 @@ def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
         if reserved:
             problems.append(f"trials.columns: {', '.join(reserved)} is computed by rig2nwb; "
                             "use another name")
+    targets = _get(raw, "notify", "targets")
+    for i, target in enumerate(targets if isinstance(targets, list) else []):
+        url = target.get("url") if isinstance(target, dict) else None
+        if isinstance(url, str) and url:
+            problems += [f"notify.targets[{i}].url: {m}"
+                         for m in notify_url_problems(url, check_environment=check_paths)]
     folder = _get(raw, "suite2p", "folder")
     if isinstance(folder, str):
         problems += [f"suite2p.folder: {m}" for m in _suite2p_folder_problems(folder, available)]
