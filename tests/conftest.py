@@ -83,6 +83,9 @@ class Lab:
             "session": {"timezone": "Europe/Berlin"},
             "subject": {"age": "P90D"},  # DANDI requires it: nwbinspector calls its absence critical
             "logging": {"format": "json", "file": str(base / "state" / "rig2nwb.log")},
+            # Drawing the summary picture adds ~1.5 s to every check child; the tests about
+            # pictures (and notifications carrying them) turn it back on.
+            "status": {"summary_picture": False},
         }
         for section, values in overrides.items():
             self.sections.setdefault(section, {}).update(values)

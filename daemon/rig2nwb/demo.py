@@ -22,6 +22,7 @@ from rig2nwb.logs import get_logger
 from rig2nwb.service import Service
 from rig2nwb.simrig import MovieSpec, SimSession
 from rig2nwb.status import collect, render_table
+from rig2nwb.status_files import status_html, status_json, summary_png
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,13 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
     if rows[0]["validation"]:
         print(f"  checked with pynwb's validator and nwbinspector: {rows[0]['validation']}")
     print("\nstatus (rig2nwb status):")
-    print(render_table(collect(cfg)))
+    print(render_table(collect(cfg), tz=cfg.tz))
+    # What an experimenter opens from the share (the page is kept while the daemon runs).
+    picture = summary_png(cfg, opts.subject, session)
+    if picture.exists():
+        print(f"\nsummary picture: {picture}")
+    if status_html(cfg).exists():
+        print(f"status page:     {status_html(cfg)}  (+ {status_json(cfg).name})")
     return 0 if ok and rows[0]["validation_ok"] is not False else 1
 
 

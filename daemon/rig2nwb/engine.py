@@ -8,6 +8,7 @@ the file is next opened, and re-appended from the TIFFs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -41,6 +42,8 @@ from rig2nwb.nwbwriter import (
 )
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
+from rig2nwb.sdnotify import heartbeat
+from rig2nwb.status_files import preview_png, summary_png
 from rig2nwb.suite2p_stage import AttachOutcome, Suite2pStage
 from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
 from rig2nwb.validation import CheckRun, CheckSummary
@@ -129,8 +132,9 @@ class Engine:
             if self.root_ok:
                 self.log.warning("rig folder not reachable; waiting for it to return",
                                  stage="watch", path=str(self.root))
-                self.ledger.report_problem(None, "rig_unreachable",
-                                           f"rig folder not reachable: {self.root}")
+                if self.ledger.report_problem(None, "rig_unreachable",
+                                              f"rig folder not reachable: {self.root}"):
+                    self.ledger.add_event(None, "problem", f"rig folder not reachable: {self.root}")
             self.root_ok = False
             return  # never take an unmounted share for deleted files
         if not self.root_ok:
@@ -141,6 +145,7 @@ class Engine:
         seen: set[str] = set()
         lab: dict[Key, LabFiles] = {}
         for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            heartbeat()  # a large rig folder on a slow share is a long but progressing step
             dirnames.sort()
             for name in filenames:
                 full = Path(dirpath, name)
@@ -272,6 +277,7 @@ class Engine:
     def recover(self) -> None:
         """At start-up: open every unfinished session's NWB file and repair it to the ledger."""
         for sess in self.ledger.sessions():
+            heartbeat()  # start-up recovery: one NWB file checked per session
             if sess.state != "finished" and sess.nwb_created:
                 try:
                     self._writer(sess)
@@ -356,7 +362,8 @@ class Engine:
 
     def run_checks(self) -> None:
         """Validate finished files one at a time in a child process (pynwb's validator and
-        nwbinspector read the file; a slow or crashing check never stalls the writer)."""
+        nwbinspector read the file; a slow or crashing check never stalls the writer). The same
+        child draws the summary picture, also when checks are off (``--no-check``)."""
         if self.check is not None:
             sid, run = self.check
             summary = run.poll()
@@ -364,21 +371,26 @@ class Engine:
                 return
             self.check = None
             self._record_check(sid, summary)
-        if not self.cfg.output.check_files or self.stop_event.is_set():
+        checks, pictures = self.cfg.output.check_files, self.cfg.status.summary_picture
+        if not (checks or pictures) or self.stop_event.is_set():
             return
         for sess in self.ledger.sessions():
             if sess.state == "finished" and sess.validation is None and sess.nwb_created:
+                png = summary_png(self.cfg, sess.subject, sess.session) if pictures else None
                 try:
-                    self.check = (sess.id, CheckRun.start(Path(sess.nwb_path)))
+                    self.check = (sess.id, CheckRun.start(Path(sess.nwb_path), picture=png,
+                                                          check=checks))
                 except OSError as exc:
-                    self._record_check(sess.id, CheckSummary.failure(f"cannot start: {exc}"))
+                    self._record_check(sess.id, CheckSummary.failure(f"cannot start: {exc}") if checks
+                                       else CheckSummary.not_checked(picture_error=f"cannot start: {exc}"))
                 return
 
     def checks_pending(self) -> bool:
-        """Is a finished file still waiting for (or in) its validation?"""
-        return self.cfg.output.check_files and (self.check is not None or any(
-            s.state == "finished" and s.validation is None and s.nwb_created
-            for s in self.ledger.sessions()))
+        """Is a finished file still waiting for (or in) its validation or summary picture?"""
+        return (self.cfg.output.check_files or self.cfg.status.summary_picture) and (
+            self.check is not None or any(
+                s.state == "finished" and s.validation is None and s.nwb_created
+                for s in self.ledger.sessions()))
 
     def _record_check(self, session_id: int, summary: CheckSummary) -> None:
         sess = self.ledger.session_by_id(session_id)
@@ -387,6 +399,17 @@ class Engine:
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="validate")
         self.ledger.update_session(session_id, validation=summary.to_json())
         self.ledger.add_event(session_id, "validate", summary.short())
+        if summary.picture is not None:
+            log.info("summary picture written", picture=summary.picture, nwb=sess.nwb_path)
+            # The summary replaces the live preview: a stale preview would only mislead.
+            with contextlib.suppress(OSError):
+                preview_png(self.cfg, sess.subject, sess.session).unlink(missing_ok=True)
+        elif summary.picture_error is not None:
+            log.warning("summary picture failed", error=summary.picture_error, nwb=sess.nwb_path)
+            self.ledger.add_event(session_id, "picture", f"no summary picture: {summary.picture_error}")
+        if not summary.checked:  # picture only: no verdict, and an older one no longer applies
+            self.ledger.clear_problem(session_id, "validation")
+            return
         c = summary.counts
         log.info("nwb checked", result=summary.short(), ok=summary.ok,
                  validation_errors=summary.validation_errors, critical=c.get("CRITICAL", 0),
@@ -747,6 +770,7 @@ class Engine:
             writer.flush()
             pos += n
             since_commit += n
+            heartbeat()  # a 4 GB TIFF is one long step of the loop; each batch is progress
             if self.on_frames:
                 self.on_frames(n)
             stopping = self.stop_event.is_set()
@@ -1209,6 +1233,7 @@ class Engine:
         """A problem that belongs to no session: reported once, listed by `rig2nwb status`."""
         if self.ledger.report_problem(None, code, message, file):
             self.log.error("problem", stage="watch", code=code, file=file, problem=message)
+            self.ledger.add_event(None, "problem", message)
 
     def _clear_file_problems(self, session_id: int, rel: str) -> None:
         for p in self.ledger.problems(session_id):

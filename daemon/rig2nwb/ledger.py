@@ -98,6 +98,10 @@ CREATE TABLE IF NOT EXISTS events (
     stage TEXT NOT NULL,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -163,6 +167,15 @@ class FileRow:
 
 
 @dataclass(frozen=True)
+class EventRow:
+    id: int
+    session_id: int | None
+    at: float
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ProblemRow:
     session_id: int | None
     file: str
@@ -211,6 +224,12 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def change_token(self) -> tuple[int, int]:
+        """Changes once anything was committed, by another connection (``PRAGMA data_version``)
+        or by this one (``total_changes``): a cheap "is a fresh status needed?" test."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0]), self._db.total_changes
 
     def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
@@ -261,7 +280,22 @@ class Ledger:
         )
         return int(rows[0][0]) if rows else 0
 
+    def all_frames_committed(self, series: str = SERIES) -> dict[int, int]:
+        """``frames_committed`` of every session in one query (status of many sessions)."""
+        rows = self._all("SELECT session_id, frames_committed FROM series WHERE name=?", series)
+        return {int(r[0]): int(r[1]) for r in rows}
+
     # --- files ----------------------------------------------------------------------------
+
+    def file_counts(self) -> dict[int, tuple[int, int, int, int]]:
+        """Per session, in one query: (files, committed, failed for good, committed bytes).
+        Failed for good: failed, vanished or out of order, as ``rig2nwb status`` counts them."""
+        rows = self._all(
+            "SELECT session_id, COUNT(*), TOTAL(state='committed'),"
+            " TOTAL(state IN ('failed', 'vanished', 'out_of_order')),"
+            " TOTAL(CASE WHEN state='committed' THEN COALESCE(size, 0) ELSE 0 END)"
+            " FROM files GROUP BY session_id")
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
     def files(self, session_id: int) -> list[FileRow]:
         rows = self._all("SELECT * FROM files WHERE session_id=? ORDER BY id", session_id)
@@ -422,3 +456,44 @@ class Ledger:
             "SELECT at, stage, message FROM events WHERE session_id=? ORDER BY id", session_id
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    # --- event feed (notifications) --------------------------------------------------------
+
+    def last_event_id(self, *, before: float | None = None) -> int:
+        """The newest event id (0 for none); with ``before``, the newest written before that
+        time."""
+        sql = "SELECT MAX(id) FROM events" + (" WHERE at < ?" if before is not None else "")
+        row = self._all(sql, *(() if before is None else (before,)))[0]
+        return int(row[0] or 0)
+
+    def events_after(self, event_id: int, *, session_id: int | None = None,
+                     stages: tuple[str, ...] = (), limit: int = 1000) -> list[EventRow]:
+        """Events with an id above ``event_id``, oldest first (optionally one session's, of
+        some stages only)."""
+        sql, args = "SELECT * FROM events WHERE id > ?", list[Any]([event_id])
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        if stages:
+            sql += f" AND stage IN ({', '.join('?' for _ in stages)})"
+            args += list(stages)
+        rows = self._all(sql + " ORDER BY id LIMIT ?", *args, limit)
+        return [EventRow(**dict(r)) for r in rows]
+
+    def event_before(self, event_id: int, session_id: int, stages: tuple[str, ...]) -> EventRow | None:
+        """The newest event of a session, of one of ``stages``, older than ``event_id``."""
+        marks = ", ".join("?" for _ in stages)
+        rows = self._all(f"SELECT * FROM events WHERE id < ? AND session_id = ? AND stage IN ({marks})"
+                         " ORDER BY id DESC LIMIT 1", event_id, session_id, *stages)
+        return EventRow(**dict(rows[0])) if rows else None
+
+    # --- small key/value state (e.g. the notification cursor) ------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._all("SELECT value FROM meta WHERE key=?", key)
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                       " SET value=excluded.value", (key, value))

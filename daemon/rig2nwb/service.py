@@ -17,6 +17,7 @@ from rig2nwb.config import Config
 from rig2nwb.engine import Engine, WriterPoisoned
 from rig2nwb.ledger import Ledger
 from rig2nwb.logs import get_logger
+from rig2nwb.sdnotify import SystemdHook
 from rig2nwb.watcher import FsEvent, start_observer, stop_observer
 
 TICK_SECONDS = 0.5
@@ -68,7 +69,19 @@ class ServiceHook(Protocol):
 
 def default_hooks(cfg: Config) -> list[ServiceHook]:
     """The hooks a daemon runs, in call order."""
-    hooks: list[ServiceHook] = []
+    # systemd first: READY=1 goes out as soon as the service watches (a no-op outside systemd).
+    hooks: list[ServiceHook] = [SystemdHook()]
+    if cfg.status.preview:  # before the status page, so the page links this tick's preview
+        from rig2nwb.preview import PreviewHook
+
+        hooks.append(PreviewHook(cfg))
+    if cfg.status.page:
+        from rig2nwb.status_page import StatusPageHook  # imports status, which imports us
+
+        hooks.append(StatusPageHook(cfg))
+    from rig2nwb.notify import NotifyHook  # always: it also warns when the output disk fills up
+
+    hooks.append(NotifyHook(cfg))
     return hooks
 
 
@@ -122,6 +135,7 @@ class Service:
                           observer=type(observer).__name__ if observer else "rescan only",
                           rescan_seconds=cfg.watch.rescan_seconds,
                           output=str(cfg.output.folder))
+            self._call_hooks("started", engine)
             while not self.stop_event.is_set():
                 rescan = self._drain_events(engine)
                 if rescan or time.monotonic() - last_scan >= cfg.watch.rescan_seconds:

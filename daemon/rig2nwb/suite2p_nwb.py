@@ -37,6 +37,7 @@ import numpy as np
 from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
 
 from rig2nwb.dff import BaselineSettings, dff_block
+from rig2nwb.sdnotify import heartbeat
 from rig2nwb.suite2p_folder import Suite2pPlane, read_rows
 
 MODULE = "ophys"
@@ -137,6 +138,7 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
     def __next__(self) -> DataChunk:
         if self.r0 >= self.n_rois:
             raise StopIteration
+        heartbeat()  # a big attach is one long step of the service loop; each block is progress
         r0, r1 = self.r0, min(self.r0 + ROI_BLOCK, self.n_rois)
         self.r0 = r1
         values = np.ascontiguousarray(self.block(r0, r1).T, dtype=np.float32)
