@@ -184,15 +184,15 @@ def test_undelivered_message_is_sent_after_restart(make_lab, http: HttpReceiver)
     assert not any("old problem" in p.body for p in http.at("/t"))
 
 
-def test_disk_low_warning_only_to_targets_that_ask(make_lab, http: HttpReceiver) -> None:  # type: ignore[no-untyped-def]
+def test_disk_low_goes_to_problem_targets(make_lab, http: HttpReceiver) -> None:  # type: ignore[no-untyped-def]
     lab: Lab = make_lab(notify=FAST, output={"warn_free_mb": 10**12})  # 1 EB: always short
-    add_targets(lab, [{"url": http.url("/w"), "tags": ["warning"]}, {"url": http.url("/d")}])
+    add_targets(lab, [{"url": http.url("/w")},  # default kinds: problems included
+                      {"url": http.url("/d"), "tags": ["converted", "daemon", "warning"]}])
     run_service(lab, lambda engine: bool(http.at("/w")), timeout=60)
 
-    [warning] = http.at("/w")
-    assert warning.title == "rig2nwb rig1: warning"
+    [warning] = [n for n in http.at("/w") if "daemon" not in n.title]
+    assert warning.title == "rig2nwb rig1: problem"
     assert "output disk almost full" in warning.body and str(lab.out) in warning.body
-    assert warning.payload["type"] == "warning"
     assert {p.title for p in http.at("/d")} <= {"rig2nwb rig1: daemon started",
                                                 "rig2nwb rig1: daemon stopped"}
     ledger = Ledger(lab.state / "ledger.sqlite", readonly=True)

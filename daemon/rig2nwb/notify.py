@@ -466,7 +466,9 @@ class NotifyHook:
                        f"output.min_free_mb = {out.min_free_mb} MB)")
             ledger.report_problem(None, "disk_low", message, severity="warning")
             if not active:
-                ledger.add_event(None, "warning", message)
+                # Sent as a problem, not a warning: people must act before sessions pause, so it
+                # goes to every target that gets problems (status still lists it as a warning).
+                ledger.add_event(None, "problem", message)
                 self.log.warning("output disk almost full", stage="notify", free_mb=free // 1_000_000,
                                  warn_free_mb=limit_mb, folder=str(out.folder))
         elif active and (not limit_mb or free >= limit_mb * 1_000_000 * DISK_CLEAR_FACTOR):
