@@ -32,6 +32,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long crash-fuzz/soak tests")
     parser.addoption("--crash-trials", type=int, default=None,
                      help="SIGKILLs in each crash test (default: 20 single-plane, 8 multi-plane)")
+    parser.addoption("--figures", default=None,
+                     help="append the fault/bad-input/security figures to this JSON-lines file "
+                          "(tests/figures.py; benchmarks/selftest.py reads it)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    figures = config.getoption("--figures", None)
+    if figures:
+        os.environ["RIG2NWB_FIGURES"] = str(Path(figures).resolve())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
