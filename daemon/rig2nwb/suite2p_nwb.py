@@ -1,11 +1,17 @@
 """Writing suite2p results into a session's NWB file, replaceable as a whole.
 
-New results are written with pynwb into a staging processing module
-(``processing/ophys_rig2nwb_staging``); only when that is complete and fsynced is it moved into
-place as ``processing/ophys`` (an HDF5 link operation), after the old module is unlinked. A
-process killed while staging leaves the old results untouched and a staging group that the next
-attempt deletes; one killed during the swap leaves a staging group the ledger knows is complete,
-and ``swap_in`` finishes the move. So the file holds the complete old or the complete new results.
+The live file is never written in place. HDF5 has no journal: a process killed while it unlinks
+or writes groups can leave the file's metadata damaged (seen in the SIGKILL tests: "address of
+object past end of allocation" on the next attach). So the attach works on a complete copy of
+the finished file (``work_copy``, ``~<name>.suite2p.nwb`` beside it): new results are written
+with pynwb into a staging processing module (``processing/ophys_rig2nwb_staging``), which is
+then moved into place as ``processing/ophys`` (after the old module is unlinked) inside the
+copy; the copy is fsynced and renamed over the original (``commit_copy``), the one atomic step.
+A process killed before the rename leaves the original untouched (the copy is deleted at
+start-up); one killed after the ledger marked the copy complete ("staged") has the rename
+finished at start-up. So the file holds the complete old or the complete new results, and a
+damaged copy never becomes the file. The price: free space for one more copy of the file while
+attaching, and the time to copy it (disk speed).
 
 hdmf writes links between objects of the same file as soft links by *path*, which a move would
 leave dangling: nothing inside the module links to another object of the module (every series
@@ -368,6 +374,56 @@ def _check_no_inner_links(f: h5py.File, group: str) -> None:
     f[group].visititems_links(visit)
     if bad:
         raise AttachError("internal: staged results link inside themselves: " + "; ".join(bad))
+
+
+def work_copy(path: Path) -> Path:
+    """Where the attach builds the new version of ``path`` (same folder: the rename is atomic)."""
+    return path.with_name(f"~{path.stem}.suite2p{path.suffix}")
+
+
+COPY_BLOCK = 64 << 20
+
+
+def make_work_copy(path: Path) -> Path:
+    """Copy ``path`` to its work copy in blocks (a heartbeat per block: a big file takes a while)
+    and fsync it."""
+    work = work_copy(path)
+    with path.open("rb") as src, work.open("wb") as dst:
+        while block := src.read(COPY_BLOCK):
+            dst.write(block)
+            heartbeat()
+        dst.flush()
+        os.fsync(dst.fileno())
+    return work
+
+
+def commit_copy(path: Path) -> bool:
+    """Rename the complete work copy over ``path`` and make the rename durable. False when there
+    is no work copy (an earlier call finished the rename)."""
+    work = work_copy(path)
+    if not work.exists():
+        return False
+    os.replace(work, path)
+    _fsync_dir(path.parent)
+    return True
+
+
+def discard_work_copy(path: Path) -> bool:
+    work = work_copy(path)
+    if not work.exists():
+        return False
+    work.unlink()
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "nt":  # no directory handles on Windows; NTFS journals the rename itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def discard_staging(path: Path) -> bool:

@@ -8,14 +8,16 @@ Two halves, on two threads:
   plane's required files exist and have stopped changing, queues the session for attaching.
 - ``attach`` runs on the engine's worker thread, the only thread that writes NWB files. It
   loads the planes (restricted unpickling, memory-mapped traces), checks them against the raw
-  series, writes the results into a staging module and swaps it in (see suite2p_nwb).
+  series, writes the results into a copy of the file and renames it into place (see
+  suite2p_nwb).
 
 States of a session's suite2p row:
   incomplete  the folder exists but files are missing (``detail`` lists them)
   settling    complete, waiting for the files to stop changing
   ready       queued for the worker
   problem     the files load badly or do not fit the session; retried when they change
-  staged      new results are complete in the staging module; the swap is pending
+  attaching   the results are being written into a copy of the file (the original is untouched)
+  staged      the copy with the new results is complete; renaming it over the file is pending
   attached    the results in the NWB file are those of the files with fingerprint ``attached``
   stale       the session got new frames after attaching; looked at again once it is finished
 A change of the files after attaching (re-curation in the suite2p GUI, a rerun) is seen as a new
@@ -28,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import queue
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,7 +58,11 @@ from rig2nwb.suite2p_nwb import (
     AttachSummary,
     PlaneTarget,
     check_fit,
+    commit_copy,
     discard_staging,
+    discard_work_copy,
+    has_staging,
+    make_work_copy,
     plane_target,
     swap_in,
     write_staging,
@@ -218,31 +225,63 @@ class Suite2pStage:
                       seen=digest(fingerprint(folder)), seen_at=time.time())
             return AttachOutcome("settling", f"{folder}: files changed while being read; "
                                  "attaching once they stop changing")
+        short = self._space_problem(nwb, folder)
+        if short:
+            return self._fail(sess, folder, fp_before, short, log)
         self.ledger.set_suite2p(sess.id, folder=str(folder), state="attaching",
                                 detail="writing the results", seen=fp_before)
+        # Everything is written into a copy of the file (see suite2p_nwb): a crash before the
+        # rename below leaves the original as it was.
         try:
-            summary = write_staging(nwb, planes, targets, compression_args(self.cfg),
+            work = make_work_copy(nwb)
+            summary = write_staging(work, planes, targets, compression_args(self.cfg),
                                     self._baseline, str(folder))
+            swap_in(work)
         except OSError as exc:
             self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready",
                                     detail=f"NWB file busy: {exc}")
             with contextlib.suppress(OSError):
-                discard_staging(nwb)
+                discard_work_copy(nwb)
             if is_lock_error(exc):
                 return AttachOutcome("busy", f"{nwb.name} is open in another program; will retry")
             raise
         if digest(fingerprint(folder)) != fp_before:  # rewritten during the write
-            discard_staging(nwb)
+            discard_work_copy(nwb)
             self._set(sess, None, folder, "settling", "files changed while being attached", log,
                       seen=None)
             return AttachOutcome("settling", "files changed while being attached; will retry")
-        # The staged results are complete: from here a crash finishes the swap at start-up.
+        # The copy is complete and fsynced: from here a crash finishes the rename at start-up.
         self.ledger.set_suite2p(sess.id, folder=str(folder), state="staged", attached=fp_before,
                                 summary=summary.to_json(), detail="swapping in")
-        swap_in(nwb)
+        try:
+            commit_copy(nwb)
+        except OSError as exc:  # Windows: a reader holds the file; the copy is complete, retry
+            self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready", attached=None,
+                                    detail=f"NWB file busy: {exc}")
+            with contextlib.suppress(OSError):
+                discard_work_copy(nwb)
+            return AttachOutcome("busy", f"{nwb.name} could not be replaced ({exc}); will retry")
         self._attached(sess, folder, summary, replaced=row is not None and bool(row.attached),
                        log=log)
         return AttachOutcome("attached", summary.short(), summary)
+
+    def _space_problem(self, nwb: Path, folder: Path) -> str:
+        """The attach needs room for a copy of the file plus the results (about the size of the
+        suite2p traces, and as much again for dF/F) on top of output.min_free_mb."""
+        try:
+            size = nwb.stat().st_size
+            traces = sum(f.stat().st_size for f in folder.glob("plane*/*.npy")
+                         if f.name.startswith(("F", "spks")))
+            free = shutil.disk_usage(nwb.parent).free
+        except OSError:
+            return ""  # unknown: the write itself will tell
+        needed = size + 2 * traces + self.cfg.output.min_free_mb * 1_000_000
+        if free >= needed:
+            return ""
+        return (f"not enough free space to attach safely: the attach writes a complete copy of "
+                f"{nwb.name} ({size / 1e9:.1f} GB) and swaps it in, needing about "
+                f"{needed / 1e9:.1f} GB with output.min_free_mb, but {free / 1e9:.1f} GB are free "
+                f"in {nwb.parent}; retried when the suite2p files change or at the next start")
 
     def _attached(self, sess: SessionRow, folder: Path, summary: AttachSummary, *,
                   replaced: bool, log: Any) -> None:
@@ -327,12 +366,15 @@ class Suite2pStage:
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
         nwb = Path(sess.nwb_path)
         if row.state == "staged":
-            swap_in(nwb)  # a no-op when the swap had finished
+            if not commit_copy(nwb) and has_staging(nwb):  # a no-op when the rename had finished
+                swap_in(nwb)  # staged in place by an earlier version of rig2nwb
             summary = AttachSummary.from_json(row.summary) if row.summary else AttachSummary()
             log.warning("finished an attach interrupted during the swap", nwb=str(nwb))
             self._attached(sess, Path(row.folder), summary, replaced=False, log=log)
         else:
-            discard_staging(nwb)
+            discard_work_copy(nwb)
+            if has_staging(nwb):  # left by a version that staged inside the live file
+                discard_staging(nwb)
             self.ledger.set_suite2p(sess.id, folder=row.folder, state="ready",
                                     detail="attach interrupted; attaching again")
             log.warning("discarded an attach interrupted while writing; the previous results "
