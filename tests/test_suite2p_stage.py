@@ -20,6 +20,7 @@ import pytest
 
 from rig2nwb.ledger import Ledger
 from tests.conftest import Lab, run_service, tree_checksums
+from tests.figures import record
 from tests.test_suite2p_attach import SESSION, SUBJECT, attach_cli, make_session, raw_npy
 
 
@@ -146,6 +147,9 @@ def test_hostile_pickles_in_every_pickled_file_never_run(tmp_path: Path) -> None
                 arr[:] = stat
                 np.save(s2p / "plane0" / "stat.npy", arr, allow_pickle=True)
             res = attach_cli(lab)
+            refused = res.returncode == 1 and target in res.stderr and "system" in res.stderr
+            record("security", test=f"hostile pickle in suite2p {target} (real attach)", tried=1,
+                   refused=int(refused and not marker.exists()))
             assert res.returncode == 1
             assert target in res.stderr and "os.system" in res.stderr.replace("posix.system", "os.system")
             assert not marker.exists()
@@ -240,7 +244,27 @@ def test_killed_replace_leaves_complete_old_or_new_results(tmp_path: Path,
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     duration = time.monotonic() - t0
     version = new
-    outcomes = {"old": 0, "new": 0}
+    outcomes = {"old": 0, "new": 0, "survived": 0}
+    try:
+        killed_replaces(cmd, s2p, nwb, version, f_expected, trials, rng, duration, outcomes)
+    finally:  # recorded before the assertions below (and whatever failed above)
+        record("crash", test=request.node.name, trials_run=trials,
+               trials_survived=outcomes["survived"],
+               frames_expected=0, frames_lost=0, frames_duplicated=0,
+               phases={"suite2p replace": trials}, suite2p_old=outcomes["old"],
+               suite2p_new=outcomes["new"])
+    from pynwb import validate
+    assert not validate(path=str(nwb))
+    with h5py.File(nwb, "r") as f:
+        assert sorted(f["processing"]) == ["ophys"]
+    print(f"killed replace: {outcomes}")
+
+
+def killed_replaces(cmd: list[str], s2p: Path, nwb: Path, version: np.ndarray,
+                    f_expected: np.ndarray, trials: int, rng: random.Random, duration: float,
+                    outcomes: dict[str, int]) -> None:
+    """Kill ``trials`` re-curation replaces at random instants; count the outcomes and the
+    trials that left the complete old or new results and that the next attach finished."""
     for trial in range(trials):
         new = version.copy()
         new[trial % len(new), 0] = 1 - new[trial % len(new), 0]
@@ -263,8 +287,70 @@ def test_killed_replace_leaves_complete_old_or_new_results(tmp_path: Path,
         assert res.returncode == 0, res.stderr
         np.testing.assert_array_equal(iscell_in_nwb(nwb), new[:, 0] > 0)
         version = new
+        outcomes["survived"] += 1
+
+
+def test_killed_first_attach_leaves_no_results_or_complete_ones(tmp_path: Path,
+                                                                request: pytest.FixtureRequest
+                                                                ) -> None:
+    """SIGKILL during the first attach of a session: a reader then finds no suite2p results
+    or the complete ones, never a partial module; the next attach (as after a restart) recovers
+    and leaves a valid file with the complete results. Each trial starts again from the file
+    and ledger as converted (copies restored while nothing runs)."""
     from pynwb import validate
-    assert not validate(path=str(nwb))
-    with h5py.File(nwb, "r") as f:
-        assert sorted(f["processing"]) == ["ophys"]
-    print(f"killed replace: {outcomes}")
+
+    trials = request.config.getoption("--crash-trials") or 6
+    lab, fixture, _s2p = make_session(tmp_path / "lab", "twoplane", planes=2)
+    nwb = lab.nwb(SESSION, SUBJECT)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(lab.state, pristine / "state")
+    shutil.copy2(nwb, pristine / nwb.name)
+
+    def restore() -> None:
+        shutil.rmtree(lab.state)
+        shutil.copytree(pristine / "state", lab.state)
+        shutil.copy2(pristine / nwb.name, nwb)
+
+    f_expected = raw_npy(fixture / "suite2p" / "plane1" / "F.npy").T
+    iscell = raw_npy(fixture / "suite2p" / "plane0" / "iscell.npy")[:, 0] > 0
+
+    def complete(f: h5py.File) -> bool:
+        ophys = "processing/ophys"
+        np.testing.assert_array_equal(
+            f[f"{ophys}/ImageSegmentation/PlaneSegmentation_plane0/iscell"][:], iscell)
+        np.testing.assert_array_equal(f[f"{ophys}/Fluorescence/RoiResponseSeries_plane1/data"][:],
+                                      f_expected)
+        return True
+
+    cmd = [sys.executable, "-m", "rig2nwb", "attach", str(lab.root / SUBJECT / SESSION),
+           "--config", str(lab.config_path)]
+    t0 = time.monotonic()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    duration = time.monotonic() - t0  # to spread the kills over an attach
+    rng = random.Random(11)
+    outcomes = {"none": 0, "complete": 0, "survived": 0}
+    try:
+        for _ in range(trials):
+            restore()
+            child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.2, duration))
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            with h5py.File(nwb, "r") as f:  # what a reader sees right after the kill
+                if "ophys" in f["processing"]:
+                    outcomes["complete"] += complete(f)
+                else:
+                    outcomes["none"] += 1
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr
+            with h5py.File(nwb, "r") as f:
+                assert sorted(f["processing"]) == ["ophys"]  # no staging leftovers
+                complete(f)
+            assert not validate(path=str(nwb))
+            outcomes["survived"] += 1
+    finally:
+        record("crash", test=request.node.name, trials_run=trials,
+               trials_survived=outcomes["survived"], frames_expected=0, frames_lost=0,
+               frames_duplicated=0, phases={"suite2p first attach": trials},
+               suite2p_old=outcomes["none"], suite2p_new=outcomes["complete"])
+    print(f"killed first attach: {outcomes}")
