@@ -30,6 +30,7 @@ import pytest
 
 from rig2nwb.safepickle import NpyError, UnsafePickle, load_npy
 from tests.conftest import REPO, shared_fixture
+from tests.figures import record
 from tests.suite2p_tools import object_array_pickle, write_malicious_npy
 
 # --- comparing loaded values with numpy's ------------------------------------------------------
@@ -171,7 +172,7 @@ def corpus(folder: Path) -> list[Case]:
     """Pickles that each create a marker file in ``folder`` when np.load(allow_pickle=True) runs
     them; written to real .npy files (object-array header + the pickle)."""
     folder.mkdir(parents=True, exist_ok=True)
-    m = {n: folder / f"marker_{n}" for n in range(20)}
+    m = {n: folder / f"marker_{n}" for n in range(24)}
     touch = {n: f"touch {shlex.quote(str(p))}" for n, p in m.items()}
     code = {n: f"open({str(p)!r}, 'w').close()" for n, p in m.items()}
     system = f"{os.system.__module__}.system"  # posix.system on Linux
@@ -221,22 +222,43 @@ def corpus(folder: Path) -> list[Case]:
         Case("subprocess.run in protocol 2",
              object_array_pickle(Reduce(subprocess.run, ["touch", str(m[17])]), protocol=2), m[17],
              "subprocess.run"),
+        Case("os.popen", object_array_pickle(Reduce(os.popen, touch[18])), m[18], "os.popen"),
+        Case("builtins.open for writing", object_array_pickle(Reduce(open, str(m[19]), "w")), m[19],
+             "io.open"),
+        Case("deep inside dict > list > tuple > dict",
+             object_array_pickle({"plane0": [({"ops": {"evil": Reduce(os.system, touch[20])}},)]}), m[20],
+             system),
+        Case("getattr(__import__('os'), 'system'), hand-written protocol 4",
+             b"\x80\x04cbuiltins\ngetattr\ncbuiltins\n__import__\n\x8c\x02os\x85R\x8c\x06system\x86R"
+             + _binunicode(touch[21]) + b"\x85R.", m[21], "builtins.getattr"),
     ]
 
 
 def test_malicious_pickles_are_refused_and_nothing_runs(tmp_path: Path) -> None:
     cases = corpus(tmp_path / "markers")
     assert len(cases) >= 10
+    outcomes: dict[str, Any] = {}
     for i, case in enumerate(cases):
         path = write_malicious_npy(tmp_path / f"evil{i}.npy", case.payload, case.shape)
-        with pytest.raises(UnsafePickle) as info:
+        try:
             load_npy(path)
-        message = str(info.value)
-        assert str(path) in message, case.name
-        assert case.refused in message and info.value.refused == case.refused, (case.name, message)
-        assert "nothing in the file was run" in message
+            outcomes[case.name] = None
+        except UnsafePickle as e:
+            outcomes[case.name] = e
     time.sleep(0.5)  # anything started in the background (Popen) would have touched its marker by now
-    assert not [c.name for c in cases if c.marker.exists()]
+    ran = [c.name for c in cases if c.marker.exists()]
+    right = [c.name for c in cases if (e := outcomes[c.name]) is not None and e.refused == c.refused
+             and c.refused in str(e) and "nothing in the file was run" in str(e)]
+    record("security", test="hostile pickles (code execution)", tried=len(cases), refused=len(right),
+           passed=len(right) == len(cases) and not ran, detail=f"ran: {ran}")
+    for i, case in enumerate(cases):
+        error = outcomes[case.name]
+        assert error is not None, f"{case.name}: loaded"
+        message = str(error)
+        assert str(tmp_path / f"evil{i}.npy") in message, case.name
+        assert case.refused in message and error.refused == case.refused, (case.name, message)
+        assert "nothing in the file was run" in message
+    assert not ran
 
 
 def test_the_corpus_really_runs_code_under_plain_numpy(tmp_path: Path) -> None:
@@ -295,6 +317,12 @@ UNSAFE_NUMPY = {
 def test_memory_unsafe_numpy_pickles_are_refused(tmp_path: Path, name: str) -> None:
     payload, shape, refused = UNSAFE_NUMPY[name]
     path = write_malicious_npy(tmp_path / "stat.npy", payload, shape)
+    try:
+        load_npy(path)
+        got = None
+    except UnsafePickle as e:
+        got = e.refused
+    record("security", test=f"hostile pickle (memory): {name}", tried=1, refused=int(got == refused))
     with pytest.raises(UnsafePickle) as info:
         load_npy(path)
     assert info.value.refused == refused and str(path) in str(info.value)
@@ -321,6 +349,12 @@ def test_raw_memory_array_crashes_plain_numpy(tmp_path: Path) -> None:
 ])
 def test_other_calls_are_refused(tmp_path: Path, name: str, payload: bytes, refused: str) -> None:
     path = write_malicious_npy(tmp_path / "ops.npy", payload)
+    try:
+        load_npy(path)
+        got = None
+    except UnsafePickle as e:
+        got = e.refused
+    record("security", test=f"hostile pickle (other): {name}", tried=1, refused=int(got == refused))
     with pytest.raises(UnsafePickle) as info:
         load_npy(path)
     assert info.value.refused == refused, name
