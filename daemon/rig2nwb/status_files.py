@@ -65,5 +65,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _safe(name: str) -> str:
     """Subject and session names are already checked to be safe path parts by the watcher; this
-    only keeps a stray separator from escaping the folder."""
-    return "".join(c if c not in '/\\:*?"<>|' else "_" for c in name) or "_"
+    keeps a stray separator from escaping the folder. Percent-encoding (``%`` included) keeps
+    distinct names distinct: ``C:`` and ``C_`` must not share a picture."""
+    unsafe = '/\\:*?"<>|%\0'
+    return "".join(f"%{ord(c):02X}" if c in unsafe or c < " " else c for c in name) or "%00"
