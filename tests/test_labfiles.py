@@ -10,6 +10,7 @@ import pytest
 from rig2nwb.config import ScanConfig, TrialsConfig
 from rig2nwb.labfiles import LabFileProblem, read_scan_file, read_trial_file
 from rig2nwb.simrig import write_scan_file, write_trial_file
+from tests.figures import record
 
 SCAN = ScanConfig()
 TRIALS = TrialsConfig()  # the seed lab: stim_on ms, stim_dur ms, -, sf, -, dir
@@ -48,6 +49,8 @@ def test_malformed_scan_files(tmp_path: Path, content: str, fragment: str) -> No
     p = _write(tmp_path, "m1_scan.txt", content)
     with pytest.raises(LabFileProblem) as info:
         read_scan_file(p, SCAN)
+    record("bad_input", case=f"scan_file: {content!r}", detail=str(info.value),
+           handled=str(info.value).startswith("m1_scan.txt") and fragment in str(info.value))
     assert str(info.value).startswith("m1_scan.txt")
     assert fragment in str(info.value)
 
@@ -91,6 +94,8 @@ def test_malformed_trial_files(tmp_path: Path, content: str,
     p = _write(tmp_path, "m1_trial.txt", content)
     with pytest.raises(LabFileProblem) as info:
         read_trial_file(p, TRIALS, recording=recording)
+    record("bad_input", case=f"trial_file: {content!r}", detail=str(info.value),
+           handled=str(info.value).startswith("m1_trial.txt") and fragment in str(info.value))
     assert str(info.value).startswith("m1_trial.txt")
     assert fragment in str(info.value)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Lab, nwb_frames, nwb_timestamps, random_frames
+from tests.figures import record
 
 N = 18  # frames: 10 + 8
 
@@ -31,6 +32,11 @@ def _convert(lab: Lab) -> dict[str, object]:
     return json.loads(lab.run_cli("status", "--json").stdout)[0]  # type: ignore[no-any-return]
 
 
+def _record(case: str, row: dict[str, object], fragment: str) -> None:
+    hits = [p for p in row["problems"] if fragment in p]  # type: ignore[attr-defined]
+    record("bad_input", case=case, handled=bool(hits), detail=hits[0] if hits else str(row["problems"]))
+
+
 def _jittered(n: int) -> list[float]:
     rng = np.random.default_rng(5)
     return list(np.arange(n) * 33.37 + 12.0 + rng.uniform(-0.4, 0.4, n))
@@ -51,6 +57,7 @@ def test_measured_onsets_become_the_timestamps(lab: Lab) -> None:
 def test_fewer_onsets_than_frames_keeps_nominal_and_says_so(lab: Lab) -> None:
     _session(lab, _jittered(N - 1))
     row = _convert(lab)
+    _record("scan_file_fewer_onsets_than_frames", row, f"s1_scan.txt: {N - 1} frame onsets for {N}")
     np.testing.assert_allclose(nwb_timestamps(lab.nwb()), np.arange(N) / 30.0)
     assert row["timestamps"].startswith("nominal 30 Hz")
     assert any(f"s1_scan.txt: {N - 1} frame onsets for {N} frames; timestamps stay as acquired" in p
@@ -63,6 +70,7 @@ def test_extra_onsets_follow_the_configured_policy(make_lab, policy: str) -> Non
     onsets = _jittered(N + 2)
     _session(lab, onsets)
     row = _convert(lab)
+    _record(f"scan_file_extra_onsets_{policy}", row, f"{N + 2} frame onsets for {N} frames")
     stamps = nwb_timestamps(lab.nwb())
     if policy == "drop_extra_onsets":
         np.testing.assert_allclose(stamps, np.round(onsets[:N], 3) / 1000, atol=1e-9)
@@ -75,6 +83,7 @@ def test_extra_onsets_follow_the_configured_policy(make_lab, policy: str) -> Non
 def test_malformed_scan_file_leaves_frames_and_nominal_times(lab: Lab) -> None:
     frames = _session(lab, "0 33.3 x66 100")
     row = _convert(lab)
+    _record("scan_file_not_a_number_end_to_end", row, "s1_scan.txt, line 1: onset 3: 'x66'")
     assert np.array_equal(nwb_frames(lab.nwb()), frames)
     np.testing.assert_allclose(nwb_timestamps(lab.nwb()), np.arange(N) / 30.0)
     assert any("s1_scan.txt, line 1: onset 3: 'x66' is not a number" in p

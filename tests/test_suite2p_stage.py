@@ -114,6 +114,9 @@ def test_broken_folder_is_reported_then_attached_once_fixed(tmp_path: Path, brea
     assert not (tmp_path / "pwned").exists()
     assert_valid_without_results(lab.nwb(SESSION, SUBJECT))
     status = json.loads(lab.run_cli("status", "--json").stdout)[0]
+    record("bad_input", case=f"suite2p_folder_{breakage.__name__.strip('_')}",
+           handled=res.returncode == 1 and name in line and name in status["suite2p"]["detail"]
+           and not (tmp_path / "pwned").exists(), detail=line)
     assert status["suite2p"]["state"] in ("problem", "incomplete")
     assert name in status["suite2p"]["detail"]
     if status["suite2p"]["state"] == "problem":

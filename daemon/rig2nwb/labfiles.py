@@ -9,6 +9,7 @@ wrong onsets or stimuli. Rig files are only read.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,14 @@ class TrialTable:
         return len(self.start_time)
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, root: Path | None = None) -> list[str]:
+    if root is not None:
+        # A link in the rig folder to a file elsewhere is not the rig's data: never read it.
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(Path(os.path.realpath(root))):
+            raise LabFileProblem(path, "is a symbolic link (or lies in a linked folder) pointing "
+                                 f"outside the rig folder, to {real}; rig2nwb reads nothing "
+                                 "outside rig.root")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -73,9 +81,10 @@ def _number(path: Path, line: int, token: str, what: str) -> float:
     return value
 
 
-def read_scan_file(path: Path, cfg: ScanConfig) -> ScanOnsets:
-    """Frame onsets from the first non-empty line, converted to seconds."""
-    lines = _lines(path)
+def read_scan_file(path: Path, cfg: ScanConfig, *, root: Path | None = None) -> ScanOnsets:
+    """Frame onsets from the first non-empty line, converted to seconds. With ``root``, a file
+    that resolves outside it is refused."""
+    lines = _lines(path, root)
     numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     if not numbered:
         raise LabFileProblem(path, "the file is empty (no frame onsets)")
@@ -95,12 +104,14 @@ def read_scan_file(path: Path, cfg: ScanConfig) -> ScanOnsets:
 
 
 def read_trial_file(path: Path, cfg: TrialsConfig,
-                    recording: tuple[float, float] | None = None) -> TrialTable:
-    """Trials with padded start/stop times; ``recording`` (seconds) bounds where trials may lie."""
+                    recording: tuple[float, float] | None = None, *,
+                    root: Path | None = None) -> TrialTable:
+    """Trials with padded start/stop times; ``recording`` (seconds) bounds where trials may lie.
+    With ``root``, a file that resolves outside it is refused."""
     names = cfg.columns
     shown = " ".join(n if n not in SKIPPED else "-" for n in names)
     rows: list[tuple[int, list[float]]] = []
-    for i, text in enumerate(_lines(path)):
+    for i, text in enumerate(_lines(path, root)):
         stripped = text.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -70,6 +70,7 @@ from rig2nwb.suite2p_nwb import (
 
 DEFAULT_NEUROPIL = 0.7
 PROBLEM = "suite2p"
+WARNING = "suite2p_warning"  # a ledger problem of severity "warning"
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,19 @@ class Suite2pStage:
             return AttachOutcome("busy", f"{nwb.name} could not be replaced ({exc}); will retry")
         self._attached(sess, folder, summary, replaced=row is not None and bool(row.attached),
                        log=log)
+        self._warn(sess, folder, [w for plane in planes for w in plane.warnings], log)
         return AttachOutcome("attached", summary.short(), summary)
+
+    def _warn(self, sess: SessionRow, folder: Path, warnings: list[str], log: Any) -> None:
+        """The folder's non-fatal oddities (NaN traces kept as they are, nframes disagreeing
+        with ops, ...): a warning in status and the log, so that they are not only in the file.
+        Cleared by an attach without them."""
+        if not warnings:
+            self.ledger.clear_problem(sess.id, WARNING, str(folder))
+            return
+        text = "; ".join(warnings)
+        if self.ledger.report_problem(sess.id, WARNING, text, str(folder), severity="warning"):
+            log.warning("suite2p folder warnings", file=str(folder), problem=text)
 
     def _space_problem(self, nwb: Path, folder: Path) -> str:
         """The attach needs room for a copy of the file plus the results (about the size of the

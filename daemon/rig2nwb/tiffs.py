@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +62,8 @@ def inspect_tiff(path: Path) -> TiffInfo:
             tf.pages.useframes = True
             n = len(tf.pages)
             if n == 0:
+                if (nxt := _chain_end(tf, 0)) != 0:
+                    raise _chain_problem(path, 0, nxt, st.st_size)
                 raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
             first = tf.pages.first
             shape, dtype = first.shape, first.dtype
@@ -98,6 +101,9 @@ def inspect_tiff(path: Path) -> TiffInfo:
                 page = tf.pages[i]
                 if page.shape != shape or page.dtype != dtype:
                     raise _mixed(path, i, f"{page.shape} {page.dtype}", shape, dtype)
+            # Last, once the listed pages are known to be sound: did the chain end cleanly?
+            if (nxt := _chain_end(tf, n)) != 0:
+                raise _chain_problem(path, n, nxt, st.st_size)
     except TiffProblem:
         raise
     except OSError as exc:
@@ -106,6 +112,38 @@ def inspect_tiff(path: Path) -> TiffInfo:
         raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
     return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns,
                     dt_tag)
+
+
+def _chain_end(tf: tifffile.TiffFile, n: int) -> int:
+    """The "next IFD" offset stored after the last listed page (0 in a sound file), or after
+    the header when no page was listed. tifffile stops listing at a link that points past the
+    end of the file, back into the chain or at a damaged IFD, and only logs it (rig2nwb silences
+    that log), listing the pages before the break as if that were the whole file: pages would
+    be lost silently. Reads a few bytes; the pages are not touched."""
+    t = tf.tiff
+    fh = tf.filehandle
+    if n == 0:
+        fh.seek(4 if t.offsetsize == 4 else 8)
+    else:
+        fh.seek(tf.pages[n - 1].offset)
+        tagno = struct.unpack(t.tagnoformat, fh.read(t.tagnosize))[0]
+        fh.seek(tagno * t.tagsize, os.SEEK_CUR)
+    raw = fh.read(t.offsetsize)
+    if len(raw) < t.offsetsize:
+        return -1  # the field itself is cut off
+    return int(struct.unpack(t.offsetformat, raw)[0])
+
+
+def _chain_problem(path: Path, n: int, nxt: int, size: int) -> TiffProblem:
+    where = f"after page {n - 1}" if n else "of page 0"
+    if nxt < 0 or nxt >= size:
+        # As in a file cut short (or still being written): "truncated", retried if it changes.
+        at = f"at byte {nxt}" if nxt >= 0 else "past the end"
+        return TiffProblem("truncated", f"{path.name}: truncated or corrupt IFD chain, the IFD "
+                           f"{where} would be {at} but the file has {size} bytes")
+    return TiffProblem("corrupt_ifd", f"{path.name}: corrupt IFD chain {where} (it points to "
+                       f"byte {nxt}, back into the chain or at a damaged IFD); the pages after "
+                       "it cannot be found")
 
 
 def _find_mixed_page(tf: tifffile.TiffFile, path: Path, n: int, shape: tuple[int, ...],
