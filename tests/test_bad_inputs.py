@@ -31,10 +31,22 @@ from tests.conftest import (
     wait_for,
     write_tiff,
 )
+from tests.figures import record
 
 
 def status_of(lab: Lab, session: str = "s1") -> dict[str, object]:
     return next(r for r in collect(lab.config()) if r["session"] == session)
+
+
+def _case_id() -> str:
+    """This test's name (its bad-input case id in the figures)."""
+    return os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+
+
+def _record_bad(problems: object, *fragments: str) -> None:
+    lines = [p for p in problems if all(f in p for f in fragments)] if isinstance(problems, list) else []
+    record("bad_input", case=_case_id(), handled=bool(lines),
+           detail=lines[0] if lines else f"no problem with {fragments}: {problems}")
 
 
 def bad_file_case(lab: Lab, make_bad: Callable[[Path], None], expect: str) -> None:
@@ -48,6 +60,7 @@ def bad_file_case(lab: Lab, make_bad: Callable[[Path], None], expect: str) -> No
     lab.lab_files("s2", n_frames=len(other))
     before = tree_checksums(lab.root)
     run_service(lab, finished("s1", "s2"))
+    _record_bad(status_of(lab)["problems"], "x_00002.tif", expect)
     assert tree_checksums(lab.root) == before, "rig files were modified"
     assert np.array_equal(nwb_frames(lab.nwb()), np.concatenate([good1, good2]))
     assert np.array_equal(nwb_frames(lab.nwb("s2")), other)
@@ -118,6 +131,7 @@ def test_deleted_before_it_was_appended(lab: Lab) -> None:
     th.start()
     run_service(lab, finished("s1"))
     th.join()
+    _record_bad(status_of(lab)["problems"], "x_00001.tif: deleted before it was appended")
     assert np.array_equal(nwb_frames(lab.nwb()), keep)
     assert any("x_00001.tif: deleted before it was appended" in p
                for p in status_of(lab)["problems"])  # type: ignore[attr-defined]
@@ -177,6 +191,7 @@ def test_unreadable_tiff_is_reported_then_appended_once_readable(perm_lab: Lab) 
     try:
         wait_for(_problem_listed(lab, "x_00002.tif: permission denied"), timeout=60,
                  interval=0.5, what="permission problem in status")
+        _record_bad(_cli_status(lab)[0]["problems"], "x_00002.tif: permission denied")
         assert daemon.poll() is None, "daemon died on an unreadable file"
         os.chmod(lab.session_dir() / "x_00002.tif", 0o644)  # the lab fixes the permissions
         lab.lab_files(n_frames=len(good) + len(secret))
@@ -271,8 +286,13 @@ def test_disk_full_pauses_then_resumes_when_space_returns(make_lab, small_disk: 
     finally:
         service.request_stop()
         th.join(timeout=30)
+    got_all = nwb_frames(out / lab.nwb().name)
+    want_all = np.concatenate(files)
+    record("disk_full", test="pauses_then_resumes_when_space_returns",
+           recoveries=int(collect(cfg)[0]["state"] == "finished"),
+           frames_lost=len(want_all) - min(len(got_all), len(want_all)))
     assert "error" not in result
-    assert np.array_equal(nwb_frames(out / lab.nwb().name), np.concatenate(files))
+    assert np.array_equal(got_all, want_all)
     assert collect(cfg)[0]["problems"] == []
 
 
@@ -314,8 +334,12 @@ def test_disk_filling_up_during_an_append(make_lab, small_disk: Path) -> None:  
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
+    got = nwb_frames(nwb)
+    record("disk_full", test="filling_up_during_an_append",
+           recoveries=int(_cli_status(lab)[0]["state"] == "finished"),
+           frames_lost=len(frames) - min(len(got), len(frames)))
     assert daemon.returncode == 0, err[-2000:]
-    assert np.array_equal(nwb_frames(nwb), frames)
+    assert np.array_equal(got, frames)
     assert _cli_status(lab)[0]["problems"] == []
     assert "restarting the worker" in err and "Segmentation" not in err
     print(f"\ncommitted when the disk filled: {committed} of {len(frames)} frames")
@@ -329,6 +353,7 @@ def test_session_folder_that_would_escape_is_refused_and_visible(lab: Lab) -> No
     write_tiff(lab.session_dir() / "x_00001.tif", good)
     lab.lab_files(n_frames=len(good))
     run_service(lab, finished("s1"))
+    _record_bad(status_of(lab)["problems"], "is not a safe name", "bad name")
     assert np.array_equal(nwb_frames(lab.nwb()), good)
     # Only the good session's NWB file (the status page and pictures live beside it).
     assert sorted(p.name for p in lab.out.iterdir() if p.suffix == ".nwb") == [lab.nwb().name]

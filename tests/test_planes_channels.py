@@ -30,6 +30,7 @@ from tests.conftest import (
     run_service,
     tiff_pages,
 )
+from tests.figures import record
 
 SHAPE = (16, 24)
 DANDI_SUBJECT = {"age": "P90D", "sex": "F"}  # so that nwbinspector's DANDI config has no CRITICAL
@@ -278,6 +279,9 @@ def test_scanimage_header_channels_contradicted_by_pages(make_lab) -> None:  # t
         assert np.array_equal(nwb_frames(lab.nwb(), name), run.pages[idx]), name
         assert np.array_equal(nwb_timestamps(lab.nwb(), name), run.page_times[idx]), name
     row = status_row(lab)
+    hits = [p for p in reported(row) if "si_00001_00001.tif" in p and "trusting the pages" in p]
+    record("bad_input", case="scanimage_header_contradicted_by_pages", handled=bool(hits),
+           detail=hits[0] if hits else str(reported(row)))
     assert row["state"] == "finished"
     warning = one(reported(row), "si_00001_00001.tif", "trusting the pages")
     assert severities(lab)[warning] == "warning"
@@ -294,6 +298,9 @@ def test_scanimage_file_with_another_layout_fails_alone(make_lab) -> None:  # ty
     assert "si_00001_00002.tif" in proc.stderr and "Traceback" not in proc.stderr
 
     row = status_row(lab)
+    hits = [p for p in reported(row) if "si_00001_00002.tif" in p and "3 plane(s)" in p]
+    record("bad_input", case="scanimage_file_with_another_layout", handled=bool(hits),
+           detail=hits[0] if hits else str(reported(row)))
     assert row["state"] == "finished"
     problem = one(reported(row), "si_00001_00002.tif", "3 plane(s)")
     assert severities(lab)[problem] == "error"
@@ -425,6 +432,9 @@ def test_bad_trial_file_is_reported_and_changes_nothing_else(make_lab, text: str
     with h5py.File(lab.nwb(), "r") as f:
         assert "intervals/trials" not in f and "trials" not in f.get("intervals", {})
     row = status_row(lab)
+    hits = [p for p in reported(row) if f"s1_trial.txt, line {line}" in p and what in p]
+    record("bad_input", case=f"trial_file_end_to_end: {what}", handled=bool(hits),
+           detail=hits[0] if hits else str(reported(row)))
     assert row["state"] == "finished"
     problem = one(reported(row), f"s1_trial.txt, line {line}", what)
     assert "no trials written" in problem
@@ -511,6 +521,10 @@ def test_new_file_while_a_reader_holds_the_finished_file(make_lab) -> None:  # t
         reader.wait(timeout=30)
     pages = np.concatenate([tiff_pages(p) for p in paths])
     row = status_row(lab)
+    exact = [np.array_equal(nwb_frames(lab.nwb(), name), pages[idx])
+             for name, idx in expected_series(12, 2, (1,), 1).items()]
+    record("outage", test="reader_holds_the_finished_file",
+           survived=row["state"] == "finished" and row["frames"] == 12 and all(exact))
     assert row["state"] == "finished" and row["frames"] == 12, (row["state"], reported(row))
     for name, idx in expected_series(12, 2, (1,), 1).items():
         assert np.array_equal(nwb_frames(lab.nwb(), name), pages[idx]), name

@@ -120,6 +120,7 @@ class Engine:
         self.dirty: set[Key] = set()
         self.changed: set[str] = set()  # TIFFs new or changed since the last step
         self.root_ok = True
+        self.root_was_mount = False  # rig.root was a mount point when last reachable
         self.stop_event = threading.Event()
         self.log = get_logger("rig2nwb.engine")
         self.suite2p = Suite2pStage(cfg, ledger)
@@ -128,7 +129,7 @@ class Engine:
 
     def full_scan(self) -> None:
         """Walk the rig folder and reconcile what is there with what we knew."""
-        if not self.root.is_dir():
+        if not self._root_reachable():
             if self.root_ok:
                 self.log.warning("rig folder not reachable; waiting for it to return",
                                  stage="watch", path=str(self.root))
@@ -161,6 +162,19 @@ class Engine:
             if lab.get(key, LabFiles()) != self.lab.get(key, LabFiles()):
                 self.dirty.add(key)
         self.lab = lab
+
+    def _root_reachable(self) -> bool:
+        """Whether rig.root is there. A share unmounted from rig.root itself leaves an empty
+        folder behind (found by test_rig_folder_vanishes_and_returns[mountpoint]: every file
+        looked deleted), so once rig.root was seen as a mount point it must be one again."""
+        try:
+            if not self.root.is_dir():
+                return False
+            mounted = os.path.ismount(self.root)
+        except OSError:
+            return False
+        self.root_was_mount = self.root_was_mount or mounted
+        return mounted or not self.root_was_mount
 
     def _find_lab_files(self, lab: dict[Key, LabFiles]) -> None:
         """For convert: look up the lab files of the sessions in scope by their patterns."""
@@ -253,7 +267,11 @@ class Engine:
     def restat_pending(self) -> None:
         """Refresh what the planner waits on, every tick, without relying on events: the files
         not yet appended (completion by 'stable' needs fresh sizes) and the folders of sessions
-        still acquiring (a network share raises no event when another host adds a file)."""
+        still acquiring (a network share raises no event when another host adds a file).
+        Nothing while the rig folder is unreachable: its files are not deleted (full_scan
+        reports the outage)."""
+        if not self.root_ok or not self._root_reachable():
+            return
         for rel in self.ledger.unresolved_paths():
             values = self.frames_pat.match(rel)
             if rel in self.tiffs and values is not None:
@@ -1124,7 +1142,7 @@ class Engine:
             return None
         name = PurePosixPath(rel).name
         try:
-            onsets = read_scan_file(self.root / rel, self.cfg.scan).seconds
+            onsets = read_scan_file(self.root / rel, self.cfg.scan, root=self.root).seconds
         except LabFileProblem as exc:
             self._problem(sess, "scan_file", f"{exc}; timestamps stay as acquired", rel, log)
             return None
@@ -1156,7 +1174,8 @@ class Engine:
         if not rel:
             return 0
         try:
-            table = read_trial_file(self.root / rel, self.cfg.trials, recording=writer_stamps)
+            table = read_trial_file(self.root / rel, self.cfg.trials, recording=writer_stamps,
+                                    root=self.root)
         except LabFileProblem as exc:
             self._problem(sess, "trial_file", f"{exc}; no trials written (the frames are "
                           "untouched)", rel, log)
