@@ -268,8 +268,10 @@ def test_disk_full_pauses_then_resumes_when_space_returns(make_lab, small_disk: 
     th.start()
     try:
         def paused() -> bool:
+            # the state and the problem are two ledger commits: wait for both
             rows = collect(cfg)
-            return bool(rows) and rows[0]["state"] == "paused"
+            return bool(rows) and rows[0]["state"] == "paused" and any(
+                "disk" in p and "full" in p for p in rows[0]["problems"])
         wait_for(paused, timeout=60, what="session to pause on a full disk")
         row = collect(cfg)[0]
         assert any("disk" in p and "full" in p for p in row["problems"])  # type: ignore[attr-defined]

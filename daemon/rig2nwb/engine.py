@@ -1295,12 +1295,13 @@ class Engine:
         return False
 
     def _pause_disk_full(self, sess: SessionRow, free: int, log: Any, why: str = "") -> None:
-        if sess.state != "paused":
-            self.ledger.update_session(sess.id, state="paused")
+        # The problem first: whoever sees the session paused (status, page) also sees why.
         self._problem(sess, "disk_full",
                       f"output disk full ({free // 1_000_000} MB free in {self.cfg.output.folder}"
                       f"{why}); paused until space returns, nothing is lost", "",
                       log or self.log.bind(session=sess.session))
+        if sess.state != "paused":
+            self.ledger.update_session(sess.id, state="paused")
 
     def _output_error(self, sess: SessionRow, exc: OSError | RuntimeError, log: Any) -> int:
         if _is_disk_full(exc):
