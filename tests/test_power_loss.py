@@ -417,3 +417,36 @@ def test_reader_holding_the_file_while_a_session_is_acquiring(make_lab) -> None:
     assert locked and not any(p["active"] for p in locked), record_["problems"]
     assert exact
     assert status_row(lab)["problems"] == []
+
+
+def test_damaged_compressed_tail_chunk_is_appended_again(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """The last committed frame's compressed chunk no longer decompresses (zeroed by a power cut
+    or the disk; the slow power-loss run met such a file): the start-up tail check cannot read
+    it back, so the last file is rolled back and appended again from its TIFF (before, the read
+    error was taken for a failed write and every new worker failed the same way). Every frame
+    arrives exactly once."""
+    from tests.conftest import finished, run_service, write_config
+
+    lab: Lab = make_lab(output={"compression": "gzip"},
+                        completion={"session_idle_seconds": 3600})
+    parts = [random_frames(20, seed=70 + i) for i in range(3)]
+    for i, frames in enumerate(parts[:2]):
+        write_tiff(lab.session_dir() / f"x_{i + 1:05d}.tif", frames)
+    run_service(lab, lambda engine: engine.ledger.frames_committed(1) == 40, timeout=60)
+    with h5py.File(lab.nwb(), "r") as f:
+        ds = f["acquisition/TwoPhotonSeries/data"]
+        assert ds.compression == "gzip"
+        info = ds.id.get_chunk_info_by_coord((39, 0, 0))  # the last committed frame
+    with open(lab.nwb(), "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\0" * info.size)
+    write_tiff(lab.session_dir() / "x_00003.tif", parts[2])
+    lab.lab_files(n_frames=60)
+    lab.sections["completion"]["session_idle_seconds"] = 1.0
+    write_config(lab.config_path, lab.sections)
+    run_service(lab, finished("s1"), timeout=120)
+    assert np.array_equal(nwb_frames(lab.nwb()), np.concatenate(parts))
+    record_ = history(cfg_of(lab), "s1")
+    assert record_ is not None
+    again = [e for e in record_["events"] if "x_00002.tif: 20 frames appended" in e["message"]]
+    assert len(again) == 2, record_["events"]  # appended, then again after the check

@@ -889,6 +889,12 @@ class Engine:
                 frame_rate=self.cfg.imaging.frame_rate).to_json())
             sess = self.ledger.session_by_id(sess.id)
         assert sess.layout is not None
+        damaged = [p for p in self.ledger.problems(sess.id) if p.code == DAMAGED_CODE]
+        if damaged and path.exists():
+            # An earlier worker could not read its own committed data back (a damaged chunk):
+            # repairing from the ledger would fail the same way, so rebuild from the TIFFs.
+            self.ledger.clear_problem(sess.id, DAMAGED_CODE)
+            return self._rebuild(sess, damaged[0].message, log)
         try:
             appender = SessionAppender(path, PageLayout.from_json(sess.layout))
         except FileNotFoundError:
@@ -901,6 +907,9 @@ class Engine:
             raise  # permissions and the like: reported as an output problem, retried
         try:
             self._repair(sess, appender, log)
+        except NwbDamaged as exc:  # a read failed: the handle is sound, only the data is not
+            appender.close()
+            return self._rebuild(sess, str(exc), log)
         except (OSError, RuntimeError) as exc:
             self.writers[sess.id] = _Writer(appender)
             self._write_failed(sess.id, exc)
@@ -919,6 +928,14 @@ class Engine:
             # Killed in the middle of finalizing: series already in starting_time + rate form
             # get their timestamps back, so appending (and finalizing again) can go on.
             appender.restore_timestamps()
+        for series in range(len(appender.layout.series)):
+            try:  # 8 bytes a frame: every stored timestamp chunk must decompress
+                appender.timestamps(series)
+            except (OSError, RuntimeError) as exc:
+                if not _is_damaged_read(exc):
+                    raise
+                raise NwbDamaged(f"{Path(sess.nwb_path).name}: stored timestamps cannot be read "
+                                 f"back ({_first_line(exc)})") from exc
         held = appender.pages_held()
         if held < committed:
             # The disk lost frames the ledger counted (should not happen with fsync): take the
@@ -971,15 +988,21 @@ class Engine:
             log.warning("cannot check the NWB tail against its TIFF", file=last.path,
                         error=str(exc))
             return committed
-        same = True
+        same, why = True, "differs from its TIFF"
         for i in range(k):
-            stored = appender.read_page(last.first_frame + start_in_file + i)
+            try:
+                stored = appender.read_page(last.first_frame + start_in_file + i)
+            except (OSError, RuntimeError) as exc:
+                # A torn or zeroed compressed chunk (power loss before the OS wrote it out): a
+                # read failure, not a write failure; the TIFF still has the frames.
+                same, why = False, f"cannot be read ({str(exc).splitlines()[0]})"
+                break
             if stored is not None and not np.array_equal(stored, src[i]):
                 same = False
                 break
         if same:
             return committed
-        log.warning("NWB tail differs from its TIFF; re-appending that file", file=last.path)
+        log.warning(f"NWB tail {why}; re-appending that file", file=last.path)
         self.ledger.roll_back(sess.id, last.first_frame)
         appender.trim(last.first_frame)
         appender.sync()
@@ -1019,9 +1042,13 @@ class Engine:
             _POISONED.append(w.appender)
         sess = self.ledger.session_by_id(session_id)
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="append")
-        self._output_error(sess, exc, log)
+        if _is_damaged_read(exc):  # not the disk: the file's own data cannot be read back
+            self.ledger.report_problem(sess.id, DAMAGED_CODE, f"{Path(sess.nwb_path).name}: "
+                                       f"stored data cannot be read back ({_first_line(exc)})")
+        else:
+            self._output_error(sess, exc, log)
         log.error("writing the NWB file failed; restarting the worker to recover it safely",
-                  error=str(exc).splitlines()[0])
+                  error=_first_line(exc))
         raise WriterPoisoned(str(exc).splitlines()[0]) from exc
 
     def _close_idle_writers(self) -> None:
@@ -1346,6 +1373,20 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 REGULAR_TOLERANCE_S = 1e-6
+
+
+DAMAGED_CODE = "nwb_damaged"  # the next worker sets the file aside and rebuilds it
+
+
+def _is_damaged_read(exc: BaseException) -> bool:
+    """HDF5 failed to decompress a stored chunk (torn or zeroed by a power cut): a write that
+    needed to read it (a partly filled chunk) fails the same way in every new worker."""
+    return "filter returned failure during read" in str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _regular_rate(t: np.ndarray) -> float | None:
