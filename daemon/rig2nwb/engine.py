@@ -995,7 +995,7 @@ class Engine:
             except (OSError, RuntimeError) as exc:
                 # A torn or zeroed compressed chunk (power loss before the OS wrote it out): a
                 # read failure, not a write failure; the TIFF still has the frames.
-                same, why = False, f"cannot be read ({str(exc).splitlines()[0]})"
+                same, why = False, f"cannot be read ({_first_line(exc)})"
                 break
             if stored is not None and not np.array_equal(stored, src[i]):
                 same = False
@@ -1049,7 +1049,7 @@ class Engine:
             self._output_error(sess, exc, log)
         log.error("writing the NWB file failed; restarting the worker to recover it safely",
                   error=_first_line(exc))
-        raise WriterPoisoned(str(exc).splitlines()[0]) from exc
+        raise WriterPoisoned(_first_line(exc)) from exc
 
     def _close_idle_writers(self) -> None:
         now = time.monotonic()
@@ -1338,7 +1338,7 @@ class Engine:
                 free = 0
             self._pause_disk_full(sess, free, log, why="; writing failed: No space left on device")
             return 0
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        reason = getattr(exc, "strerror", None) or _first_line(exc)
         self._problem(sess, "output_error",
                       f"cannot write {Path(sess.nwb_path).name}: {reason}; will retry",
                       "", log)
