@@ -93,6 +93,8 @@ class AppendConfig(_Section):
     batch_frames: int = Field(100, ge=1, le=10_000)
     commit_every_frames: int = Field(1000, ge=1)
     chunk_frames: int = Field(1, ge=1)
+    # gzip only: threads that compress chunks in parallel; 0 = one per CPU the process may use.
+    compress_threads: int = Field(0, ge=0, le=256)
 
 
 class SessionConfig(_Section):

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from rig2nwb.acquisition import FileAcquisition, read_acquisition
+from rig2nwb.chunkwriter import resolve_threads
 from rig2nwb.config import Config
 from rig2nwb.labfiles import LabFileProblem, read_scan_file, read_trial_file
 from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
@@ -896,7 +897,8 @@ class Engine:
             self.ledger.clear_problem(sess.id, DAMAGED_CODE)
             return self._rebuild(sess, damaged[0].message, log)
         try:
-            appender = SessionAppender(path, PageLayout.from_json(sess.layout))
+            appender = SessionAppender(path, PageLayout.from_json(sess.layout),
+                                       resolve_threads(self.cfg.append.compress_threads))
         except FileNotFoundError:
             return self._rebuild(sess, "the NWB file is missing", log)
         except NwbDamaged as exc:

@@ -27,6 +27,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from rig2nwb import chunkwriter
 from rig2nwb.config import Config, TrialsConfig
 from rig2nwb.labfiles import TrialTable
 from rig2nwb.metadata import SessionMetadata
@@ -237,7 +238,7 @@ class SessionAppender:
     Positions are pages of the session's page stream (see pagelayout): the appender splits each
     batch of pages into the series they belong to."""
 
-    def __init__(self, path: Path, layout: PageLayout) -> None:
+    def __init__(self, path: Path, layout: PageLayout, compress_threads: int = 1) -> None:
         self.path = path
         self.layout = layout
         try:
@@ -253,6 +254,8 @@ class SessionAppender:
             for g in self.groups:
                 if "timestamps" not in g and "starting_time" not in g:
                     raise KeyError("timestamps")
+            # gzip series: chunks compressed on several cores and written directly.
+            self._direct = [chunkwriter.for_dataset(d, compress_threads) for d in self.data]
         except KeyError as exc:
             self._f.close()  # nothing was written through this handle: closing is safe
             names = ", ".join(s.name for s in layout.series)
@@ -299,11 +302,24 @@ class SessionAppender:
                 data.resize(end, axis=0)
             if stamps.shape[0] < end:
                 stamps.resize(end, axis=0)
-            if pos.size == pages.shape[0]:
-                data[k0:end] = pages  # one series: no copy
-            else:
-                data[k0:end] = pages[pos]
+            # One series: no copy.
+            self._put(s, k0, pages if pos.size == pages.shape[0] else pages[pos])
             stamps[k0:end] = times[pos]
+
+    def _put(self, s: int, k0: int, frames: np.ndarray) -> None:
+        data, direct, end = self.data[s], self._direct[s], k0 + frames.shape[0]
+        if direct is None:
+            data[k0:end] = frames
+            return
+        first, last = direct.aligned(k0, end)
+        if first >= last:  # no whole chunk: HDF5 merges the partial one as usual
+            data[k0:end] = frames
+            return
+        if k0 < first:
+            data[k0:first] = frames[: first - k0]
+        direct.write(first, frames[first - k0: last - k0])
+        if last < end:
+            data[last:end] = frames[last - k0:]
 
     def read_page(self, page: int) -> np.ndarray | None:
         """The stored frame of one stream page (None for a flyback page)."""
