@@ -230,7 +230,7 @@ def test_service_attaches_when_complete_and_replaces_after_recuration(tmp_path: 
 
 def test_killed_replace_leaves_complete_old_or_new_results(tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:
-    trials = request.config.getoption("--crash-trials") or 6
+    trials = request.config.getoption("--crash-trials") or 3
     lab, fixture, s2p = make_session(tmp_path / "lab", "twoplane", planes=2)
     assert attach_cli(lab).returncode == 0
     nwb = lab.nwb(SESSION, SUBJECT)
@@ -302,7 +302,7 @@ def test_killed_first_attach_leaves_no_results_or_complete_ones(tmp_path: Path,
     and ledger as converted (copies restored while nothing runs)."""
     from pynwb import validate
 
-    trials = request.config.getoption("--crash-trials") or 6
+    trials = request.config.getoption("--crash-trials") or 3
     lab, fixture, _s2p = make_session(tmp_path / "lab", "twoplane", planes=2)
     nwb = lab.nwb(SESSION, SUBJECT)
     pristine = tmp_path / "pristine"
