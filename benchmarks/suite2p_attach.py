@@ -53,7 +53,10 @@ TRACES = ("F", "Fneu", "spks")
 NEUROCONV_CHILD = "_neuroconv-attach"  # hidden subcommands: the measured children
 H5PY_CHILD = "_h5py-write"
 SPEED_GOAL = 2.0  # rig2nwb at least 2x faster than NeuroConv at equal compression ...
-# ... and with a lower peak RSS.
+# ... and with a lower peak RSS. (rig2nwb, NeuroConv) compressions compared; the last pair is
+# each tool's default.
+GOAL_PAIRS = (("gzip 4", "gzip 4"), ("none", "none"), ("blosc-lz4", "gzip 4"))
+QUICK_ROIS, QUICK_FRAMES = 50, 12_000  # --quick: the smoke-test size
 
 # --- synthetic session: TIFFs and the suite2p folder ---------------------------------------
 
@@ -618,10 +621,9 @@ def report(rows: list[Row], repeats: int) -> None:
     print()
     print(f"goal: rig2nwb >= {SPEED_GOAL:g}x faster than NeuroConv and a lower peak RSS, "
           "at equal compression")
-    pairs = [("gzip 4", "gzip 4"), ("none", "none"), ("blosc-lz4", "gzip 4")]
-    if not any(find("rig2nwb", o) and find("NeuroConv", t) for o, t in pairs):
+    if not any(find("rig2nwb", o) and find("NeuroConv", t) for o, t in GOAL_PAIRS):
         print("  (no rig2nwb / NeuroConv pair was run)")
-    for ours_c, theirs_c in pairs:
+    for ours_c, theirs_c in GOAL_PAIRS:
         ours, theirs = find("rig2nwb", ours_c), find("NeuroConv", theirs_c)
         label = f"rig2nwb {ours_c} vs NeuroConv {theirs_c}"
         if ours is None or theirs is None:
@@ -637,6 +639,69 @@ def report(rows: list[Row], repeats: int) -> None:
         print(f"  {label:<40} {speed:5.2f}x faster, peak RSS x{rss:.2f}  -> {verdict}{note}")
 
 
+def json_goals(rows: list[Row]) -> list[dict[str, Any]]:
+    """The goals in the shared format: speed and peak RSS of each (rig2nwb, NeuroConv) pair."""
+    goals: list[dict[str, Any]] = []
+    for ours_c, theirs_c in GOAL_PAIRS:
+        ours = next((r for r in rows if r.method == "rig2nwb" and r.compression == ours_c), None)
+        theirs = next((r for r in rows if r.method == "NeuroConv" and r.compression == theirs_c),
+                      None)
+        pair = f"rig2nwb {ours_c} vs NeuroConv {theirs_c}" + (
+            " (each tool's default)" if ours_c == "blosc-lz4" else " (equal compression)")
+        speed: dict[str, Any] = {"goal": f"{pair}: >= {SPEED_GOAL:g}x faster",
+                                 "target": f">= {SPEED_GOAL:.1f}x"}
+        rss: dict[str, Any] = {"goal": f"{pair}: lower peak RSS", "target": "< 1.00x NeuroConv's"}
+        if ours is None or theirs is None:
+            for g in (speed, rss):
+                g.update(measured="not measured: a run was not in the plan", met=None)
+        elif not (ours.ok and theirs.ok) or ours.m is None or theirs.m is None:
+            why = "rig2nwb" if not ours.ok else "NeuroConv"
+            for g in (speed, rss):
+                g.update(measured=f"not measured: the {why} run failed or was not run", met=None)
+        else:
+            x = theirs.m.wall / ours.m.wall
+            speed.update(measured=f"{x:.2f}x ({ours.m.wall:.2f} s vs {theirs.m.wall:.2f} s)",
+                         met=x >= SPEED_GOAL)
+            r = ours.m.peak_rss / theirs.m.peak_rss
+            rss.update(measured=f"{r:.2f}x ({ours.m.peak_rss / 1e6:.0f} vs "
+                                f"{theirs.m.peak_rss / 1e6:.0f} MB)", met=r < 1.0)
+        goals += [speed, rss]
+    return goals
+
+
+def write_json(path: Path, rows: list[Row], args: argparse.Namespace, argv: Sequence[str],
+               workdir: Path) -> None:
+    """The results in the benchmarks' shared format (see run_all.py)."""
+    import shlex
+
+    from run_all import machine_description
+
+    def num(value: float | None, digits: int) -> float | None:
+        return None if value is None or math.isnan(value) else round(value, digits)
+
+    table = [{"method": r.method, "compression": r.compression,
+              "wall s": num(r.m.wall if r.m else None, 2), "CPU s": num(r.m.cpu if r.m else None, 1),
+              "peak RSS MB": num(r.m.peak_rss / 1e6 if r.m and r.m.peak_rss else None, 0),
+              "growth MB": num(r.growth / 1e6 if r.growth is not None else None, 1),
+              "check": r.check} for r in rows]
+    notes = [f"{r.method} {r.compression} phases: "
+             + ", ".join(f"{k} {v:.1f} s" for k, v in r.phases.items()) for r in rows if r.phases]
+    notes.append("growth MB = how much the session's NWB file grew (plain h5py: its file's size); "
+                 "peak RSS includes file-backed pages of memory-mapped .npy files")
+    if args.repeats > 1:
+        notes.append(f"median wall and CPU of {args.repeats} runs, largest peak RSS")
+    result = {
+        "benchmark": "suite2p", "title": "suite2p attach vs NeuroConv's Suite2pSegmentationInterface",
+        "command": shlex.join([sys.executable, str(Path(__file__)), *argv]),
+        "machine": machine_description(workdir.parent),
+        "params": {"rois": args.rois, "frames": args.frames, "repeats": args.repeats,
+                   "rig2nwb compressions": args.rig2nwb_compressions, "seed": args.seed},
+        "columns": ["method", "compression", "wall s", "CPU s", "peak RSS MB", "growth MB", "check"],
+        "rows": table, "goals": json_goals(rows), "notes": notes,
+    }
+    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == NEUROCONV_CHILD:
@@ -645,8 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return h5py_child(argv[1:])
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--rois", type=int, default=1000)
-    p.add_argument("--frames", type=int, default=50_000)
+    p.add_argument("--rois", type=int, help=f"ROIs (1000; --quick: {QUICK_ROIS})")
+    p.add_argument("--frames", type=int, help=f"frames (50000; --quick: {QUICK_FRAMES})")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: --rois {QUICK_ROIS} --frames {QUICK_FRAMES} unless given")
+    p.add_argument("--json", type=Path, help="also write the results in the shared benchmark "
+                   "format (see run_all.py)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="a new rig2nwb-s2p-bench-* folder for data and outputs is made in it "
                         "(default: in the system temp folder, /tmp)")
@@ -659,6 +728,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measured run")
     args = p.parse_args(argv)
+    if args.rois is None:
+        args.rois = QUICK_ROIS if args.quick else 1000
+    if args.frames is None:
+        args.frames = QUICK_FRAMES if args.quick else 50_000
     if args.rois < 1 or args.frames < 2 or args.repeats < 1:
         p.error("--rois >= 1, --frames >= 2 and --repeats >= 1")
     ours = [c.strip() for c in args.rig2nwb_compressions.split(",") if c.strip()]
@@ -704,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [median_row(rs) for rs in results.values()]
         report(rows, args.repeats)
         print(f"\nwhole benchmark: {time.perf_counter() - started:.0f} s")
+        if args.json:
+            write_json(args.json, rows, args, argv, workdir)
         return 0 if all(r.ok for r in rows) else 1
     finally:
         if args.keep:
