@@ -179,3 +179,21 @@ def test_appender_writes_multi_series_gzip_sessions(tmp_path: Path) -> None:
             # Pages run channel fastest, then plane: series s holds every 4th page from s.
             assert np.array_equal(f[spec.path]["data"][:], pages[s::4]), spec.name
 
+
+
+def test_grid_writes_pad_edge_chunks(tmp_path: Path) -> None:
+    """(time, ROI) traces in (7, 4) chunks over a (23, 10) dataset: column blocks of 4 ROIs,
+    the last block 2 wide and the last time chunk 2 long (both stored padded)."""
+    rng = np.random.default_rng(11)
+    src = rng.standard_normal((23, 10)).astype(np.float32)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        ds = f.create_dataset("t", shape=(23, 10), dtype="f4", chunks=(7, 4), compression="gzip")
+        writer = chunkwriter.deflate_writer(ds, 2)
+        assert writer is not None and chunkwriter.for_dataset(ds, 2) is None  # not whole frames
+        for r0 in range(0, 10, 4):
+            writer.write_grid((0, r0), src[:, r0:r0 + 4])
+        assert np.array_equal(ds[:], src)
+        with pytest.raises(ValueError, match="not whole chunks"):
+            writer.write_grid((0, 2), src[:, 2:6])  # starts inside a chunk
+        with pytest.raises(ValueError, match="not whole chunks"):
+            writer.write_grid((0, 0), src[:10, :4])  # ends inside a chunk before the edge

@@ -57,9 +57,13 @@ def attach_cli(lab: Lab) -> Any:
     return lab.run_cli("attach", str(lab.root / SUBJECT / SESSION))
 
 
-@pytest.fixture(scope="module")
-def twoplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attached]:
-    lab, fixture, s2p = make_session(tmp_path_factory.mktemp("twoplane"), "twoplane", planes=2)
+# Uncompressed, and gzip: gzip traces are created empty by hdmf and filled with chunks compressed
+# on a thread pool (chunkwriter), a separate write path.
+@pytest.fixture(scope="module", params=["none", "gzip"])
+def twoplane(tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[Attached]:
+    lab, fixture, s2p = make_session(tmp_path_factory.mktemp("twoplane"), "twoplane",
+                                     compression=request.param, planes=2)
     res = attach_cli(lab)
     assert res.returncode == 0, res.stderr
     yield Attached(lab, fixture, s2p, lab.nwb(SESSION, SUBJECT), res.stdout)
@@ -154,6 +158,8 @@ def test_traces_equal_suite2p_arrays_and_frame_times(twoplane: Attached, plane: 
                                       ("Neuropil", "Neuropil", "Fneu.npy"),
                                       ("Deconvolved", "Deconvolved", "spks.npy")]:
             g = mod[f"{container}/{name}_plane{plane}"]
+            wanted = twoplane.lab.config().output.compression
+            assert g["data"].compression == (None if wanted == "none" else wanted)
             expected = raw_npy(src / file)
             np.testing.assert_array_equal(g["data"][:], expected.T)
             assert g["data"].shape[0] == raw_frames

@@ -24,6 +24,7 @@ which reads, merges and recompresses the chunk as HDF5 always does.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -73,10 +74,7 @@ def deflate_level(ds: h5py.Dataset) -> int | None:
 
 
 class DeflateChunkWriter:
-    """Writes whole chunks of one deflate-compressed dataset, compressed on ``threads`` threads.
-
-    Chunks must span the full extent of every axis but the first (frames: ``(n, rows, cols)``
-    chunks of ``(T, rows, cols)`` data), which is how rig2nwb lays out its series."""
+    """Writes whole chunks of one deflate-compressed dataset, compressed on ``threads`` threads."""
 
     def __init__(self, ds: h5py.Dataset, level: int, threads: int) -> None:
         self.ds = ds
@@ -84,7 +82,8 @@ class DeflateChunkWriter:
         self.threads = threads
         chunks = ds.chunks
         assert chunks is not None
-        self.chunk_frames = int(chunks[0])
+        self.chunks: tuple[int, ...] = tuple(int(c) for c in chunks)
+        self.chunk_frames = self.chunks[0]
         self.dtype = ds.dtype
 
     def aligned(self, start: int, stop: int) -> tuple[int, int]:
@@ -93,16 +92,34 @@ class DeflateChunkWriter:
         return -(-start // c) * c, (stop // c) * c
 
     def write(self, start: int, block: np.ndarray) -> None:
-        """Frames ``start .. start + len(block)``, which must be whole, aligned chunks, already
-        inside the dataset's extent (the caller resizes first)."""
-        c = self.chunk_frames
-        n = block.shape[0]
-        if start % c or n % c:
-            raise ValueError(f"not whole chunks: frames {start}..{start + n} in chunks of {c}")
-        data = np.ascontiguousarray(block, dtype=self.dtype)  # the file's byte order and type
-        pieces = (data[a:a + c] for a in range(0, n, c))
-        for k, payload in enumerate(self._compressed(pieces)):
-            self.ds.id.write_direct_chunk((start + k * c,) + (0,) * (data.ndim - 1), payload)
+        """Frames ``start .. start + len(block)`` of a dataset whose chunks span whole frames:
+        whole, aligned chunks, already inside the dataset's extent (the caller resizes first)."""
+        self.write_grid((start,) + (0,) * (block.ndim - 1), block)
+
+    def write_grid(self, offset: tuple[int, ...], block: np.ndarray) -> None:
+        """``block`` at ``offset``: it must start on a chunk corner and, along every axis, cover
+        whole chunks or end at the dataset's edge (edge chunks are padded, as HDF5 stores them)."""
+        shape = self.ds.shape
+        for axis, (o, c, n, extent) in enumerate(zip(offset, self.chunks, block.shape, shape,
+                                                     strict=True)):
+            if o % c or (n % c and o + n != extent) or o + n > extent:
+                raise ValueError(f"not whole chunks: axis {axis} holds {o}..{o + n} of {extent} "
+                                 f"in chunks of {c}")
+        data = np.asarray(block, dtype=self.dtype)  # the file's byte order and type
+        corners = list(itertools.product(*(range(0, n, c) for n, c in
+                                           zip(block.shape, self.chunks, strict=True))))
+        pieces = (self._piece(data, corner) for corner in corners)
+        for corner, payload in zip(corners, self._compressed(pieces), strict=True):
+            self.ds.id.write_direct_chunk(tuple(o + k for o, k in zip(offset, corner,
+                                                                          strict=True)), payload)
+
+    def _piece(self, data: np.ndarray, corner: tuple[int, ...]) -> np.ndarray:
+        piece = data[tuple(slice(k, k + c) for k, c in zip(corner, self.chunks, strict=True))]
+        if piece.shape == self.chunks:
+            return np.ascontiguousarray(piece)
+        padded = np.zeros(self.chunks, dtype=self.dtype)  # never read: outside the extent
+        padded[tuple(slice(0, n) for n in piece.shape)] = piece
+        return padded
 
     def _compressed(self, pieces: Iterator[np.ndarray]) -> Iterator[bytes | bytearray]:
         level = self.level
@@ -110,15 +127,20 @@ class DeflateChunkWriter:
             for piece in pieces:
                 yield deflate.zlib_compress(piece, level)
             return
-        # map() keeps order and submits everything at once: at most one batch of compressed
-        # chunks waits in memory (the batch itself bounds it).
+        # map() keeps order and submits everything at once: at most one block of compressed
+        # chunks waits in memory (the block itself bounds it).
         yield from _pool(self.threads).map(lambda p: deflate.zlib_compress(p, level), pieces)
+
+
+def deflate_writer(ds: h5py.Dataset, threads: int) -> DeflateChunkWriter | None:
+    """A direct chunk writer for any deflate-only dataset (see ``write_grid``), else None."""
+    level = deflate_level(ds)
+    return None if level is None else DeflateChunkWriter(ds, level, threads)
 
 
 def for_dataset(ds: h5py.Dataset, threads: int) -> DeflateChunkWriter | None:
     """A direct chunk writer for ``ds``, or None when it must be written through h5py."""
-    level = deflate_level(ds)
     chunks: Any = ds.chunks
-    if level is None or chunks is None or tuple(chunks[1:]) != tuple(ds.shape[1:]):
+    if chunks is None or tuple(chunks[1:]) != tuple(ds.shape[1:]):
         return None
-    return DeflateChunkWriter(ds, level, threads)
+    return deflate_writer(ds, threads)

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
 
+from rig2nwb import chunkwriter
 from rig2nwb.dff import BaselineSettings, dff_block
 from rig2nwb.sdnotify import heartbeat
 from rig2nwb.suite2p_folder import Suite2pPlane, read_rows
@@ -131,12 +132,16 @@ def check_fit(plane: Suite2pPlane, target: PlaneTarget) -> list[str]:
 
 
 class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
-    """Yield a (time, ROI) dataset in column blocks computed from (ROI, time) arrays."""
+    """Yield a (time, ROI) dataset in column blocks computed from (ROI, time) arrays.
+
+    A ``deferred`` iterator yields nothing: hdmf then only creates the dataset (its full shape,
+    chunks and filters), and ``_fill_deferred`` writes the blocks afterwards as compressed
+    chunks (gzip on every core, see chunkwriter)."""
 
     def __init__(self, n_rois: int, n_frames: int,
-                 block: Callable[[int, int], np.ndarray]) -> None:
+                 block: Callable[[int, int], np.ndarray], deferred: bool = False) -> None:
         self.n_rois, self.n_frames, self.block = n_rois, n_frames, block
-        self.r0 = 0
+        self.r0 = n_rois if deferred else 0
 
     def __iter__(self) -> Iterator[DataChunk]:
         return self
@@ -169,9 +174,39 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
         return (self.n_frames, self.n_rois)
 
 
-def _traces(arr: np.ndarray, compression: dict[str, Any]) -> Any:
-    it = _TraceBlocks(arr.shape[0], arr.shape[1], lambda a, b: read_rows(arr, a, b))
-    return _wrap(it, compression, it.recommended_chunk_shape())
+@dataclass
+class _Deferred:
+    """A trace dataset hdmf created empty, to be filled by ``_fill_deferred``."""
+
+    path: str
+    blocks: _TraceBlocks
+
+
+class _Traces:
+    """Makes the trace datasets of one staging write: through hdmf as it iterates, or, for
+    gzip, created empty and filled afterwards with chunks compressed on ``threads`` threads."""
+
+    def __init__(self, compression: dict[str, Any], threads: int) -> None:
+        self.compression = compression
+        self.defer = compression.get("compression") == "gzip" and not compression.get("shuffle")
+        self.threads = threads
+        self.deferred: list[_Deferred] = []
+
+    def data(self, path: str, n_rois: int, n_frames: int,
+             block: Callable[[int, int], np.ndarray]) -> Any:
+        it = _TraceBlocks(n_rois, n_frames, block, deferred=self.defer)
+        if self.defer:
+            self.deferred.append(_Deferred(path, _TraceBlocks(n_rois, n_frames, block)))
+        return _wrap(it, self.compression, it.recommended_chunk_shape())
+
+    def fill(self, f: h5py.File) -> None:
+        for job in self.deferred:
+            ds = f[job.path]
+            writer = chunkwriter.deflate_writer(ds, self.threads)
+            if writer is None:  # hdmf did not create what was asked: never silently skip
+                raise RuntimeError(f"{job.path}: expected a gzip dataset to fill")
+            for chunk in job.blocks:
+                writer.write_grid((0, chunk.selection[1].start), chunk.data)
 
 
 def _wrap(data: Any, compression: dict[str, Any], chunks: tuple[int, ...] | None) -> Any:
@@ -185,7 +220,7 @@ def _wrap(data: Any, compression: dict[str, Any], chunks: tuple[int, ...] | None
 def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTarget],
                   compression: dict[str, Any],
                   baseline_for: Callable[[Suite2pPlane, PlaneTarget], BaselineSettings],
-                  source: str) -> AttachSummary:
+                  source: str, compress_threads: int = 1) -> AttachSummary:
     """Write every plane's results into the staging module of ``path`` (replacing an old staging
     group), then flush and fsync. The live ``ophys`` module is not touched."""
     from pynwb import NWBHDF5IO
@@ -193,6 +228,8 @@ def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTar
     t0 = time.perf_counter()
     discard_staging(path)
     summary = AttachSummary(planes=len(planes))
+    traces = _Traces(compression, compress_threads)
+    counters: list[list[int]] = []
     with NWBHDF5IO(str(path), "a") as io:
         nwb = io.read()
         mod = nwb.create_processing_module(
@@ -202,14 +239,18 @@ def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTar
         containers = _containers(mod)
         for plane, target in zip(planes, targets, strict=True):
             settings = baseline_for(plane, target)
-            summary.per_plane.append(
-                _add_plane(nwb, mod, containers, plane, target, compression, settings))
+            clamped = [0]
+            counters.append(clamped)
+            summary.per_plane.append(_add_plane(nwb, mod, containers, plane, target, compression,
+                                                settings, traces, clamped))
         io.write(nwb)
     with h5py.File(path, "r+") as f:
+        traces.fill(f)
         _check_no_inner_links(f, f"processing/{STAGING}")
         f.flush()
         os.fsync(f.id.get_vfd_handle())
-    for p in summary.per_plane:
+    for p, clamped in zip(summary.per_plane, counters, strict=True):
+        p["clamped"] = clamped[0]  # dF/F blocks of deferred datasets were computed in fill()
         summary.rois += p["rois"]
         summary.cells += p["cells"]
         summary.red += p["red"]
@@ -234,7 +275,8 @@ def _containers(mod: Any) -> dict[str, Any]:
 
 
 def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, target: PlaneTarget,
-               compression: dict[str, Any], settings: BaselineSettings) -> dict[str, Any]:
+               compression: dict[str, Any], settings: BaselineSettings, traces: _Traces,
+               clamped: list[int]) -> dict[str, Any]:
     from hdmf.common import VectorData, VectorIndex
     from pynwb.base import Images, TimeSeries
     from pynwb.image import GrayscaleImage
@@ -279,29 +321,34 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
         id=np.arange(n), columns=columns)
     timing = _timing(target)
 
-    def series(container: str, name: str, data: Any, unit: str, description: str) -> None:
+    def series(container: str, name: str, block: Callable[[int, int], np.ndarray], unit: str,
+               description: str) -> None:
         # A region of its own for each series: a shared one is written as a link by path.
         region = ps.create_roi_table_region(region=list(range(n)),
                                             description=f"all ROIs of {where}")
+        data = traces.data(f"processing/{STAGING}/{container}/{name + sfx}/data", n,
+                           plane.nframes, block)
         c[container].create_roi_response_series(
             name=name + sfx, data=data, rois=region, unit=unit, description=description,
             **timing())
 
-    series("Fluorescence", "RoiResponseSeries", _traces(plane.F, compression), "a.u.",
+    def rows_of(arr: np.ndarray) -> Callable[[int, int], np.ndarray]:
+        return lambda a, b: read_rows(arr, a, b)
+
+    series("Fluorescence", "RoiResponseSeries", rows_of(plane.F), "a.u.",
            f"F: ROI fluorescence (suite2p F.npy, {where}), in (time, ROI) order; times are the "
            f"frame times of {target.series}.")
-    series("Neuropil", "Neuropil", _traces(plane.Fneu, compression), "a.u.",
+    series("Neuropil", "Neuropil", rows_of(plane.Fneu), "a.u.",
            f"Fneu: neuropil fluorescence around each ROI (suite2p Fneu.npy, {where}).")
-    series("Deconvolved", "Deconvolved", _traces(plane.spks, compression), "a.u.",
+    series("Deconvolved", "Deconvolved", rows_of(plane.spks), "a.u.",
            f"spks: deconvolved activity (suite2p spks.npy, OASIS; {where}).")
     if plane.F_chan2 is not None:
-        series("Fluorescence", "RoiResponseSeries_chan2", _traces(plane.F_chan2, compression),
-               "a.u.", f"F_chan2: ROI fluorescence in the second channel (suite2p F_chan2.npy, {where}).")
+        series("Fluorescence", "RoiResponseSeries_chan2", rows_of(plane.F_chan2), "a.u.",
+               f"F_chan2: ROI fluorescence in the second channel (suite2p F_chan2.npy, {where}).")
     if plane.Fneu_chan2 is not None:
-        series("Neuropil", "Neuropil_chan2", _traces(plane.Fneu_chan2, compression), "a.u.",
+        series("Neuropil", "Neuropil_chan2", rows_of(plane.Fneu_chan2), "a.u.",
                f"Fneu_chan2: neuropil fluorescence in the second channel ({where}).")
 
-    clamped = [0]
     F, Fneu = plane.F, plane.Fneu
 
     def dff(a: int, b: int) -> np.ndarray:
@@ -309,8 +356,7 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
         clamped[0] += k
         return out
 
-    it = _TraceBlocks(n, plane.nframes, dff)
-    series("DfOverF", "DfOverF", _wrap(it, compression, it.recommended_chunk_shape()), "n.a.",
+    series("DfOverF", "DfOverF", dff, "n.a.",
            "dF/F (dimensionless), computed by rig2nwb: " + settings.describe())
 
     images = []
@@ -350,7 +396,7 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
                          "xoff1]) per registration block, in rows and columns."),
             **timing()))
     cells = int(np.count_nonzero(plane.iscell[:, 0]))
-    return {"plane": plane.index, "rois": n, "cells": cells, "red": red, "clamped": clamped[0],
+    return {"plane": plane.index, "rois": n, "cells": cells, "red": red, "clamped": 0,
             "frames": plane.nframes, "series": target.series,
             "neuropil_coefficient": settings.neuropil_coefficient, "style": plane.style}
 

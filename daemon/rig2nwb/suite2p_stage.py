@@ -39,6 +39,7 @@ from typing import Any
 
 import h5py
 
+from rig2nwb.chunkwriter import resolve_threads
 from rig2nwb.config import Config
 from rig2nwb.dff import BaselineSettings
 from rig2nwb.ledger import Ledger, SessionRow, Suite2pRow
@@ -236,7 +237,8 @@ class Suite2pStage:
         try:
             work = make_work_copy(nwb)
             summary = write_staging(work, planes, targets, compression_args(self.cfg),
-                                    self._baseline, str(folder))
+                                    self._baseline, str(folder),
+                                    resolve_threads(self.cfg.append.compress_threads))
             swap_in(work)
         except OSError as exc:
             self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready",
