@@ -190,7 +190,7 @@ class Engine:
                         self._classify(full.relative_to(self.root).as_posix(), full, lab)
 
     def observe(self, path: Path, kind: str) -> None:
-        """Handle one watcher event (created, modified, closed, deleted, moved)."""
+        """Handle one watcher event (created, closed, deleted; a move arrives as deleted + created)."""
         try:
             rel = path.relative_to(self.root).as_posix()
         except ValueError:
