@@ -792,6 +792,7 @@ class Engine:
             heartbeat()  # a 4 GB TIFF is one long step of the loop; each batch is progress
             if self.on_frames:
                 self.on_frames(n)
+            del frames  # before read_batches reads the next batch (one batch in memory)
             stopping = self.stop_event.is_set()
             if (since_commit >= every or stopping) and pos < info.pages:
                 writer.sync()

@@ -181,10 +181,13 @@ def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.n
         with open_tiff(path) as tf:
             tf.pages.cache = False
             tf.pages.useframes = True
+            shape = tf.pages.first.shape[-2:]
             for a in range(start, stop, batch):
                 b = min(stop, a + batch)
-                arr = tf.asarray(key=range(a, b), maxworkers=1)
-                yield arr.reshape((b - a, *arr.shape[-2:]))
+                # No local name for the batch: a suspended generator would keep it alive while
+                # the next one is read, two batches in memory instead of one (the caller drops
+                # its reference before asking for the next).
+                yield tf.asarray(key=range(a, b), maxworkers=1).reshape((b - a, *shape))
     except TiffProblem:
         raise
     except OSError as exc:
