@@ -116,9 +116,10 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     setup_from_config(cfg)
     if cmd == "run":
         from rig2nwb.engine import WriterPoisoned
-        from rig2nwb.service import AlreadyRunning, Service
+        from rig2nwb.service import AlreadyRunning, Service, lower_priority
         from rig2nwb.supervisor import ALREADY_RUNNING_CODE, RESTART_CODE, die_with_supervisor
 
+        lower_priority(cfg.service.nice)  # before any thread exists (see its docstring)
         die_with_supervisor()
         service = Service(cfg)
         service.install_signal_handlers()

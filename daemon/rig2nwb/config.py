@@ -97,6 +97,12 @@ class AppendConfig(_Section):
     compress_threads: int = Field(0, ge=0, le=256)
 
 
+class ServiceConfig(_Section):
+    # The worker's CPU priority (POSIX nice), applied before it starts any thread: when the rig's
+    # acquisition and rig2nwb both want the CPU, acquisition wins. Only ever lowers priority.
+    nice: int = Field(10, ge=0, le=19)
+
+
 class SessionConfig(_Section):
     description: str = "Two-photon calcium imaging session"
     experimenter: list[str] = Field(default_factory=list)
@@ -362,6 +368,7 @@ class Config(_Section):
     watch: WatchConfig = WatchConfig()
     completion: CompletionConfig = CompletionConfig()
     append: AppendConfig = AppendConfig()
+    service: ServiceConfig = ServiceConfig()
     session: SessionConfig = SessionConfig()
     subject: SubjectConfig = SubjectConfig()
     device: DeviceConfig = DeviceConfig()

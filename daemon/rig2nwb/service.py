@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import signal
 import threading
@@ -46,6 +48,26 @@ def lock_state(cfg: Config, wait_seconds: float = 0.0) -> FileLock:
             "(stop it first; a running daemon converts sessions itself)"
         ) from None
     return lock
+
+
+def lower_priority(nice: int) -> int | None:
+    """Run at niceness ``nice`` or lower priority (never raises it: an unprivileged process
+    could not, and a unit's own Nice= may already be lower). Returns the niceness now; None
+    where there is none (Windows: the scheduled task's priority applies, docs/service.md).
+
+    Linux keeps niceness per thread and new threads inherit it, so this runs before the worker
+    starts its own threads; threads that already exist (numpy's OpenBLAS pool is started at
+    import) are set one by one through /proc/self/task."""
+    if not hasattr(os, "getpriority"):
+        return None
+    tasks = [0]
+    with contextlib.suppress(OSError):
+        tasks += [int(t) for t in os.listdir("/proc/self/task")]
+    for task in tasks:
+        with contextlib.suppress(OSError):  # a thread that just ended; or not permitted
+            if nice > os.getpriority(os.PRIO_PROCESS, task):
+                os.setpriority(os.PRIO_PROCESS, task, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 class ServiceHook(Protocol):
@@ -134,7 +156,9 @@ class Service:
             self.log.info("watching", stage="service", root=str(cfg.rig.root),
                           observer=type(observer).__name__ if observer else "rescan only",
                           rescan_seconds=cfg.watch.rescan_seconds,
-                          output=str(cfg.output.folder))
+                          output=str(cfg.output.folder),
+                          nice=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority")
+                          else None)
             self._call_hooks("started", engine)
             while not self.stop_event.is_set():
                 rescan = self._drain_events(engine)
