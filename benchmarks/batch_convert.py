@@ -692,6 +692,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "runs, 40 MB/s otherwise)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the untimed cp + sync of each session after writing it")
+    p.add_argument("--no-warm-cache", action="store_true",
+                   help="do not read the TIFFs into the page cache before each run (then each "
+                        "run finds whatever the VM left cached: see the fincore notes)")
     p.add_argument("--workdir", type=Path, help="a new batch-bench-* folder is made in it "
                    "(default: under /tmp); put it on the disk you want to measure")
     p.add_argument("--keep", action="store_true", help="keep the TIFFs and every output")
@@ -758,6 +761,15 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[list[Session], lis
     return sessions, notes
 
 
+def warm_cache(paths: Sequence[Path]) -> None:
+    """Read the files once (into the page cache), untimed."""
+    buf = bytearray(8 << 20)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
 def run_all(args: argparse.Namespace, sessions: list[Session], workdir: Path) -> list[Row]:
     results: dict[tuple[str, str, str], list[Row]] = {}
     for rep in range(args.repeats):
@@ -767,7 +779,11 @@ def run_all(args: argparse.Namespace, sessions: list[Session], workdir: Path) ->
                 if family == "h5py" and s.fmt != "plain":
                     continue  # the limit reads the plain TIFFs only: the same frame bytes
                 run_dir = workdir / "runs" / f"{s.fmt}-{family}-{setting}-{rep + 1}"
-                # A VM may drop page cache on its own: whether this run reads RAM or the disk.
+                # A VM drops page cache on its own (a first full run found the TIFFs 0% cached
+                # after the ScanImage runs, and the plain runs read the disk): read every TIFF
+                # once before each run, so every method starts from the same, warm, state.
+                if not args.no_warm_cache:
+                    warm_cache(s.ds.tiffs)
                 cached = cached_share(s.ds.tiffs)
                 row = RUNNERS[family](s, setting, run_dir,
                                       timeout_for(s, setting, args.timeout_factor),
