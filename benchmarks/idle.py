@@ -110,7 +110,12 @@ def prepare(workdir: Path, args: argparse.Namespace) -> Prepared:
         if not daemon.start(timeout=600):
             prep.check = "FAILED: the preparing daemon never logged 'watching'"
             return prep
-        rows, at = wait_finished(daemon, set(names), args.prepare_timeout, poll=5.0)
+        # checked=True: also wait for each session's summary picture (made after finishing,
+        # even with check_files = false). A first full run did not, and the first measured
+        # daemon spent its 5 minutes drawing 100 pictures (40% of a core), which is catch-up
+        # work, not idling.
+        rows, at = wait_finished(daemon, set(names), args.prepare_timeout, poll=5.0,
+                                 checked=True)
         if at is None:
             done = sum(1 for r in rows if r.get("state") == "finished")
             prep.check = f"FAILED: {done} of {len(names)} sessions finished after " \
