@@ -135,7 +135,7 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
     """Yield a (time, ROI) dataset in column blocks computed from (ROI, time) arrays.
 
     A ``deferred`` iterator yields nothing: hdmf then only creates the dataset (its full shape,
-    chunks and filters), and ``_fill_deferred`` writes the blocks afterwards as compressed
+    chunks and filters), and ``_Traces.fill`` writes the blocks afterwards as compressed
     chunks (gzip on every core, see chunkwriter)."""
 
     def __init__(self, n_rois: int, n_frames: int,
@@ -176,7 +176,7 @@ class _TraceBlocks(AbstractDataChunkIterator):  # type: ignore[misc]
 
 @dataclass
 class _Deferred:
-    """A trace dataset hdmf created empty, to be filled by ``_fill_deferred``."""
+    """A trace dataset hdmf created empty, to be filled by ``_Traces.fill``."""
 
     path: str
     blocks: _TraceBlocks
