@@ -204,9 +204,10 @@ class RunResult:
         return self.raw_bytes / 1e6 / self.loop_seconds
 
 
-def h5py_append(out: Path, tiffs: Sequence[Path], batch: int) -> float:
-    """The practical limit: TIFF pages in batches to an uncompressed, one-frame-chunked dataset,
-    flushed per batch and fsynced per file (rig2nwb's durability points). Returns loop seconds."""
+def h5py_append(out: Path, tiffs: Sequence[Path], batch: int, gzip_level: int | None = None) -> float:
+    """The practical limit: TIFF pages in batches to a one-frame-chunked dataset (uncompressed,
+    or HDF5's own gzip at ``gzip_level``), flushed per batch and fsynced per file (rig2nwb's
+    durability points). Returns loop seconds."""
     import h5py
 
     with tifffile.TiffFile(tiffs[0]) as tf:
@@ -214,8 +215,10 @@ def h5py_append(out: Path, tiffs: Sequence[Path], batch: int) -> float:
     t0 = time.perf_counter()
     n = 0
     with h5py.File(out, "w") as f:
+        gzip = {} if gzip_level is None else {"compression": "gzip",
+                                               "compression_opts": gzip_level}
         data = f.create_dataset("data", shape=(0, *shape), maxshape=(None, *shape),
-                                chunks=(1, *shape), dtype=dtype)
+                                chunks=(1, *shape), dtype=dtype, **gzip)
         for path in tiffs:
             with tifffile.TiffFile(path) as tf:
                 # The same reading mode as rig2nwb's read_batches, so only the writing differs.

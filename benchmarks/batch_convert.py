@@ -134,36 +134,6 @@ def make_session(fmt: str, gb: float, workdir: Path, source: FrameSource,
 # --- the measured children ----------------------------------------------------------------------
 
 
-def h5py_append_gzip(out: Path, tiffs: Sequence[Path], batch: int, level: int) -> float:
-    """append_throughput.h5py_append with gzip: the same batches, reading mode, one-frame chunks
-    (rig2nwb's), per-batch flush and per-file fsync; only the dataset's filter differs."""
-    import h5py
-    import tifffile
-
-    with tifffile.TiffFile(tiffs[0]) as tf:
-        shape, dtype = tf.pages.first.shape, tf.pages.first.dtype
-    t0 = time.perf_counter()
-    n = 0
-    with h5py.File(out, "w") as f:
-        data = f.create_dataset("data", shape=(0, *shape), maxshape=(None, *shape),
-                                chunks=(1, *shape), dtype=dtype, compression="gzip",
-                                compression_opts=level)
-        for path in tiffs:
-            with tifffile.TiffFile(path) as tf:
-                tf.pages.cache = False
-                tf.pages.useframes = True
-                pages = len(tf.pages)
-                for a in range(0, pages, batch):
-                    b = min(pages, a + batch)
-                    frames = tf.asarray(key=range(a, b), maxworkers=1).reshape(b - a, *shape)
-                    data.resize(n + b - a, axis=0)
-                    data[n:n + b - a] = frames
-                    n += b - a
-                    f.flush()
-            os.fsync(f.id.get_vfd_handle())
-    return time.perf_counter() - t0
-
-
 def h5py_child(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog=f"batch_convert.py {H5PY_CHILD}")
     p.add_argument("--out", type=Path, required=True)
@@ -171,10 +141,8 @@ def h5py_child(argv: Sequence[str]) -> int:
     p.add_argument("--compression", choices=SETTINGS["h5py"], required=True)
     p.add_argument("tiffs", type=Path, nargs="+")
     args = p.parse_args(argv)
-    if args.compression == "none":  # exactly append_throughput's limit
-        seconds = h5py_append(args.out, args.tiffs, BLOCK_FRAMES)
-    else:
-        seconds = h5py_append_gzip(args.out, args.tiffs, BLOCK_FRAMES, GZIP_LEVEL)
+    seconds = h5py_append(args.out, args.tiffs, BLOCK_FRAMES,
+                          None if args.compression == "none" else GZIP_LEVEL)
     args.result.write_text(json.dumps({"loop_s": seconds}))
     return 0
 
