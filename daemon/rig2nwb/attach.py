@@ -2,8 +2,12 @@
 
 The session must have been converted and finished (by the daemon or ``rig2nwb convert``). When no
 daemon holds the state folder, the attach runs here, through the same engine; when the daemon
-runs, it is the only writer of the NWB file, so the request goes through the ledger and this
-command waits for the daemon's answer.
+runs, it is the only writer of the NWB file, so the request goes through the ledger's
+``requests`` table and this command waits for the daemon's answer.
+
+Either way, what can be answered without writing anything is answered here, at once: a session
+that is not finished or is quarantined, no suite2p folder, an incomplete one, results already
+attached and unchanged. ``--wait`` only bounds real work.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from rig2nwb.config import Config
 from rig2nwb.convert import resolve_session_folder
 from rig2nwb.engine import Engine
 from rig2nwb.ledger import Ledger, SessionRow
-from rig2nwb.service import AlreadyRunning, ledger_path, lock_state
+from rig2nwb.quarantine import quarantine_text
+from rig2nwb.service import AlreadyRunning, ledger_path, lock_state, open_verified
+from rig2nwb.suite2p_folder import fingerprint
 from rig2nwb.suite2p_nwb import AttachSummary
-from rig2nwb.suite2p_stage import suite2p_folder
+from rig2nwb.suite2p_stage import Suite2pStage, digest, suite2p_folder
 from rig2nwb.validation import CheckSummary
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,28 @@ def find_session(cfg: Config, ledger: Ledger, folder: Path) -> SessionRow:
     return found[0]
 
 
+def precheck(cfg: Config, ledger: Ledger, sess: SessionRow) -> AttachResult | None:
+    """The answer when there is nothing to write (None: there is work to do)."""
+    if sess.quarantined:
+        return AttachResult(False, quarantine_text(sess))
+    if sess.state != "finished" or not sess.nwb_created:
+        return AttachResult(False, f"session {sess.session} is not finished yet (state: "
+                            f"{sess.state}); suite2p results are attached to finished sessions")
+    where = suite2p_folder(cfg, ledger, sess)
+    if where is None or not where.is_dir():
+        return AttachResult(False, f"no suite2p folder at {where} (suite2p.folder = "
+                            f"{cfg.suite2p.folder!r}); run suite2p on the session first")
+    missing = Suite2pStage.missing(where)
+    if missing:
+        return AttachResult(False, f"{where}: suite2p output incomplete: {missing}")
+    row = ledger.suite2p(sess.id)
+    if row is not None and row.state == "attached" and row.attached == digest(fingerprint(where)):
+        if cfg.output.check_files and sess.validation is None:
+            return None  # attached, but its check is still to come: wait for it
+        return _result(ledger, sess.id, "already attached")
+    return None
+
+
 def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> AttachResult:
     if not ledger_path(cfg).exists():
         raise ValueError(f"no ledger in {cfg.state.folder}: nothing has been converted yet")
@@ -56,17 +84,26 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> Attach
         lock = lock_state(cfg)
     except AlreadyRunning:
         return _ask_daemon(cfg, folder, wait_seconds)
-    ledger = Ledger(ledger_path(cfg))
+    try:
+        ledger = open_verified(ledger_path(cfg))
+    except BaseException:
+        lock.release()
+        raise
     try:
         sess = find_session(cfg, ledger, folder)
-        if sess.state != "finished":
-            return AttachResult(False, f"session {sess.session} is not finished yet "
-                                f"(state: {sess.state}); suite2p results are attached to "
-                                "finished sessions")
+        early = precheck(cfg, ledger, sess)
+        if early is not None:
+            return early
         engine = Engine(cfg, ledger)
-        engine.suite2p.recover(sess)
-        outcome = engine.attach_suite2p(sess.id, on_demand=True)
+        outcome = None
+        with engine.guard(sess.id, "attaching suite2p results (rig2nwb attach)") as g:
+            engine.suite2p.recover(sess)
+            outcome = engine.attach_suite2p(sess.id, on_demand=True)
+        if g.failed or outcome is None:
+            engine.close()
+            return AttachResult(False, quarantine_text(ledger.session_by_id(sess.id)))
         if outcome.state not in ("attached", "unchanged"):
+            engine.close()
             return AttachResult(False, outcome.message)
         while engine.checks_pending():
             engine.run_checks()
@@ -79,32 +116,35 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> Attach
 
 
 def _ask_daemon(cfg: Config, folder: Path, wait_seconds: float) -> AttachResult:
-    ledger = Ledger(ledger_path(cfg))
+    ledger = open_verified(ledger_path(cfg))
     try:
         sess = find_session(cfg, ledger, folder)
-        if sess.state != "finished":
-            return AttachResult(False, f"session {sess.session} is not finished yet "
-                                f"(state: {sess.state})")
-        where = suite2p_folder(cfg, ledger, sess)
-        row = ledger.suite2p(sess.id)
-        asked = time.time()
-        ledger.set_suite2p(sess.id, folder=str(where), state=row.state if row else "ready",
-                           requested_at=asked)
+        early = precheck(cfg, ledger, sess)
+        if early is not None:
+            return early
+        request = ledger.add_request("attach", sess.id)
         deadline = time.monotonic() + wait_seconds
+        answered = False
         while time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-            row = ledger.suite2p(sess.id)
-            if row is None or row.requested_at is not None or row.state in (
-                    "ready", "attaching", "staged"):
-                continue  # not yet taken up, or still being written
-            if row.state != "attached":
-                return AttachResult(False, f"{row.detail} (state: {row.state})")
+            if not answered:
+                req = ledger.request(request)
+                if req is None or req.done_at is None:
+                    continue
+                if not req.ok:
+                    return AttachResult(False, req.answer or "refused by the daemon")
+                answered = True
             s = ledger.session_by_id(sess.id)
+            if s.quarantined:
+                return AttachResult(False, quarantine_text(s))
             if cfg.output.check_files and s.validation is None:
                 continue  # the daemon checks the file next
-            return _result(ledger, sess.id, row.detail)
-        return AttachResult(False, f"the running daemon did not finish within {wait_seconds:g} s; "
-                            "see rig2nwb status")
+            row = ledger.suite2p(sess.id)
+            return _result(ledger, sess.id, row.detail if row else "attached")
+        what = "check the file" if answered else "answer"
+        return AttachResult(False, f"the running daemon did not {what} within {wait_seconds:g} s "
+                            "(it works on one thing at a time; see rig2nwb status); the request "
+                            "stays queued")
     finally:
         ledger.close()
 

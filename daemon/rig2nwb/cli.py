@@ -1,9 +1,10 @@
-"""Command line: ``rig2nwb run | convert | attach | status | check-config | demo``.
+"""Command line: ``rig2nwb run | convert | attach | retry | status | check-config | demo``.
 
 Every command takes ``--config PATH`` (default ``./config.toml``). Errors are one clear line (or
 one list, for configuration problems), never a traceback; exit codes: 0 done, 1 the job could
 not be completed (``check-config``: the config is valid but DANDI metadata is incomplete or a
-``rig2nwb.toml`` is invalid), 2 bad configuration or usage.
+``rig2nwb.toml`` is invalid), 2 bad configuration or usage. An error nobody foresaw is one line
+too, naming the log that holds its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NoReturn
 
 from rig2nwb import __version__
 from rig2nwb.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from rig2nwb.errors import LedgerDamaged
 from rig2nwb.logs import setup_from_config
 
 
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("session_folder", type=Path, help="the folder holding the session's TIFFs")
     a.add_argument("--wait", type=float, default=3600.0,
                    help="seconds to wait for a running daemon to do it (default 3600)")
+    q = sub.add_parser("retry", parents=[common],
+                       help="lift a session's quarantine (after fixing the cause or upgrading)")
+    q.add_argument("session", help="SUBJECT/SESSION, or SESSION when it is unique")
     s = sub.add_parser("status", parents=[common], help="where every session stands")
     s.add_argument("session", nargs="?", help="show one session's full history")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -63,14 +68,46 @@ def _load(path: Path, *, check_paths: bool = True) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    config_path: Path = getattr(args, "config", DEFAULT_CONFIG)
+    config_path: Path | None = getattr(args, "config", None)
+    if config_path is None:
+        config_path = DEFAULT_CONFIG
+        explicit = args.command == "check-config" and args.path is not None
+        if not explicit and not DEFAULT_CONFIG.exists():
+            print(f"rig2nwb: no {DEFAULT_CONFIG} in {Path.cwd()} (the folder looked in); give "
+                  "the configuration with --config PATH", file=sys.stderr)
+            return 2
     try:
         return _dispatch(args, config_path)
     except ConfigError as exc:
         print(f"rig2nwb: {exc}", file=sys.stderr)
         return 2
+    except LedgerDamaged as exc:
+        print(f"rig2nwb: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last line of defence: one line here, the traceback in the log
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    import tempfile
+    import traceback
+
+    from rig2nwb.logs import get_logger, log_files
+    from rig2nwb.quarantine import describe
+
+    files = log_files()
+    if files:
+        get_logger("rig2nwb.cli").error("internal error", error=describe(exc), exc_info=exc)
+        where = str(files[0])
+    else:  # no log file configured (or logging not set up yet): the traceback gets its own
+        fd, where = tempfile.mkstemp(prefix="rig2nwb-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
+    print(f"rig2nwb: internal error: {describe(exc)}; the traceback is in {where}. Please "
+          "report it with that file.", file=sys.stderr)
+    return 1
 
 
 def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
@@ -80,6 +117,10 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         cfg = _load(path)
         print(f"{path}: OK (rig {cfg.rig.name!r}, watching {cfg.rig.root}, "
               f"writing to {cfg.output.folder})")
+        from rig2nwb.config import config_warnings
+
+        for warning in config_warnings(cfg):
+            print(f"warning: {warning}")
         from rig2nwb.metadata import readiness_report
 
         # 1: the config is valid (the daemon runs) but NWB/DANDI metadata is missing or a
@@ -91,6 +132,10 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         from rig2nwb.status import collect, history, render_json, render_table, rig_problems
 
         cfg = _load(config_path, check_paths=False)
+        _check_ledger_readonly(cfg)
+        if not args.json and not cfg.rig.root.is_dir():
+            print(f"rig2nwb: warning: rig.root {cfg.rig.root} does not exist or is not "
+                  "reachable (not mounted?); nothing new can be converted", file=sys.stderr)
         if args.session:
             record = history(cfg, args.session)
             if record is None:
@@ -103,6 +148,13 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         return 0
     if cmd == "demo":
         return _demo(args, config_path)
+    if cmd == "retry":
+        from rig2nwb.retry import retry
+
+        cfg = _load(config_path, check_paths=False)
+        ok, message = retry(cfg, args.session)
+        print(("" if ok else "rig2nwb: ") + message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     cfg = _load(config_path)
     if cmd == "run" and not args.worker:
         from rig2nwb.logs import setup_logging
@@ -113,11 +165,17 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         worker = [sys.executable, "-m", "rig2nwb", "run", "--worker", "--config",
                   str(config_path.resolve())]
         return supervise(worker)
-    setup_from_config(cfg)
+    # One-shot commands show log lines on the terminal, but tracebacks only go to the log file.
+    setup_from_config(cfg, one_shot=cmd != "run")
     if cmd == "run":
         from rig2nwb.engine import WriterPoisoned
         from rig2nwb.service import AlreadyRunning, Service, lower_priority
-        from rig2nwb.supervisor import ALREADY_RUNNING_CODE, RESTART_CODE, die_with_supervisor
+        from rig2nwb.supervisor import (
+            ALREADY_RUNNING_CODE,
+            LEDGER_DAMAGED_CODE,
+            RESTART_CODE,
+            die_with_supervisor,
+        )
 
         lower_priority(cfg.service.nice)  # before any thread exists (see its docstring)
         die_with_supervisor()
@@ -128,6 +186,10 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         except AlreadyRunning as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return ALREADY_RUNNING_CODE
+        except LedgerDamaged as exc:
+            service.log.error("ledger damaged; not starting", stage="service", error=str(exc))
+            print(f"rig2nwb: {exc}", file=sys.stderr)
+            return LEDGER_DAMAGED_CODE
         except WriterPoisoned:
             _exit_now(RESTART_CODE)
     if cmd == "convert":
@@ -161,6 +223,21 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     raise AssertionError(cmd)  # pragma: no cover
 
 
+def _check_ledger_readonly(cfg: Config) -> None:
+    """``status`` reports a ledger that fails SQLite's integrity_check instead of showing it."""
+    from rig2nwb.ledger import Ledger
+    from rig2nwb.service import ledger_path
+
+    path = ledger_path(cfg)
+    if not path.exists():
+        return
+    ledger = Ledger(path, readonly=True)
+    try:
+        ledger.verify()
+    finally:
+        ledger.close()
+
+
 def _exit_now(code: int) -> NoReturn:
     """Leave without Python's cleanup: it would close an HDF5 handle whose writes failed, which
     crashes the interpreter. Logs are flushed first; the ledger is already committed."""
@@ -182,7 +259,7 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
     raw = cfg.model_dump(mode="json")
     raw["completion"]["session_idle_seconds"] = args.idle
     cfg = validate_config(raw, base=Path.cwd(), source=str(config_path))
-    setup_from_config(cfg)
+    setup_from_config(cfg, one_shot=True)
     opts = DemoOptions(files=args.files, frames_per_file=args.frames_per_file, size=args.size,
                        rate=args.rate)
     from rig2nwb.engine import WriterPoisoned

@@ -101,6 +101,9 @@ class ServiceConfig(_Section):
     # The worker's CPU priority (POSIX nice), applied before it starts any thread: when the rig's
     # acquisition and rig2nwb both want the CPU, acquisition wins. Only ever lowers priority.
     nice: int = Field(10, ge=0, le=19)
+    # A session during which the worker process died (a library segfault, the OOM killer) this
+    # many times in a row is quarantined instead of retried forever (`rig2nwb retry` lifts it).
+    max_worker_deaths: int = Field(2, ge=1, le=100)
 
 
 class SessionConfig(_Section):
@@ -391,6 +394,17 @@ class Config(_Section):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.session.timezone)
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Things that are valid but probably not what the lab wants (``check-config`` prints them,
+    the daemon logs them at start)."""
+    out = []
+    if "timezone" not in cfg.session.model_fields_set:
+        out.append("session.timezone is not set, so the rig's clock times (TIFF DateTime tags, "
+                   "the ScanImage epoch, file times) are taken as UTC; set it to the rig's zone "
+                   "(e.g. 'Europe/Berlin'), or a rig in another zone gets wrong start times")
+    return out
 
 
 _PATTERN_CACHE: dict[str, Pattern] = {}

@@ -12,7 +12,8 @@ from rig2nwb.engine import Engine
 from rig2nwb.ledger import Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.pagelayout import PageLayout
-from rig2nwb.service import ledger_path, lock_state
+from rig2nwb.quarantine import quarantine_text
+from rig2nwb.service import ledger_path, lock_state, open_verified
 from rig2nwb.tiffs import TiffProblem, inspect_tiff
 from rig2nwb.validation import CheckSummary
 
@@ -42,7 +43,11 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
     log = get_logger("rig2nwb.convert")
     scope = resolve_session_folder(cfg, folder)
     lock = lock_state(cfg)
-    ledger = Ledger(ledger_path(cfg))
+    try:
+        ledger = open_verified(ledger_path(cfg))
+    except BaseException:
+        lock.release()
+        raise
     bar = None
     try:
         engine = Engine(cfg, ledger, convert_scope=scope)
@@ -71,6 +76,11 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
                 if r.path in engine.tiffs and r.state != "committed":
                     failed.append(f"{PurePosixPath(r.path).name}: {r.error or r.state}")
         sessions = [ledger.session_by_id(s.id) for s in sessions]
+        quarantined = [s for s in sessions if s.quarantined]
+        if quarantined:
+            log.error("convert stopped: session quarantined", stage="convert")
+            return ConvertResult(False, quarantine_text(quarantined[0]),
+                                 [s.nwb_path for s in sessions if s.nwb_created])
         paths = [s.nwb_path for s in sessions if s.nwb_created]
         frames = sum(ledger.frames_committed(s.id) for s in sessions)
         summary = "; ".join(_what_was_written(ledger, s) for s in sessions if s.nwb_created)

@@ -19,7 +19,7 @@ from rig2nwb.config import Config
 from rig2nwb.engine import Engine
 from rig2nwb.layout import Pattern
 from rig2nwb.logs import get_logger
-from rig2nwb.service import Service
+from rig2nwb.service import Service, lower_priority
 from rig2nwb.simrig import MovieSpec, SimSession
 from rig2nwb.status import collect, render_table
 from rig2nwb.status_files import status_html, status_json, summary_png
@@ -93,6 +93,9 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
 
     rig_thread = threading.Thread(target=rig, name="simrig", daemon=True)
     rig_thread.start()
+    # The daemon part runs at service.nice, as `rig2nwb run`'s worker does (the simulated rig
+    # keeps its priority: it stands for the acquisition).
+    lower_priority(cfg.service.nice, exclude=frozenset({rig_thread.native_id or 0}))
     try:
         service.run(until=finished)
     finally:

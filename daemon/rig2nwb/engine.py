@@ -44,6 +44,13 @@ from rig2nwb.nwbwriter import (
 )
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.planner import Action, FileFacts, Parsed, Rules, SessionFacts, plan_session
+from rig2nwb.quarantine import (
+    SessionGuard,
+    clear_inflight,
+    describe,
+    quarantine_session,
+    quarantine_text,
+)
 from rig2nwb.sdnotify import heartbeat
 from rig2nwb.status_files import preview_png, summary_png
 from rig2nwb.suite2p_stage import AttachOutcome, Suite2pStage
@@ -146,6 +153,38 @@ class Engine:
         self.stop_event = threading.Event()
         self.log = get_logger("rig2nwb.engine")
         self.suite2p = Suite2pStage(cfg, ledger)
+        # Worker deaths counted per (session, phase) not yet followed by a completed phase.
+        self.deaths = ledger.crash_counts()
+
+    # --- the session boundary ------------------------------------------------------------------
+
+    def guard(self, session_id: int, phase: str, *, breadcrumb: bool = True) -> SessionGuard:
+        """Work on one session in one phase; an unexpected exception quarantines that session
+        (see quarantine.py) and the worker goes on with the others."""
+        return SessionGuard(self.ledger, session_id, phase, on_error=self._quarantine,
+                            breadcrumb=breadcrumb, passthrough=(WriterPoisoned,),
+                            deaths=self.deaths)
+
+    def _quarantine(self, session_id: int, phase: str, exc: BaseException) -> None:
+        sess = self.ledger.session_by_id(session_id)
+        quarantine_session(self.ledger, self.log, sess, phase, describe(exc), exc=exc)
+        self.inspected = {k: v for k, v in self.inspected.items()
+                          if k not in {r.path for r in self.ledger.files(session_id)}}
+        # Recorded first; closing the handle may still fail (then the worker restarts, and the
+        # session stays quarantined).
+        self._cancel_check(session_id)
+        self._drop_writer(session_id)
+
+    def quarantined(self, key: Key) -> bool:
+        sess = self.ledger.session(*key)
+        return sess is not None and sess.quarantined
+
+    def _session_of(self, rel: str, key: Key) -> int | None:
+        row = self.ledger.file(rel)
+        if row is not None:
+            return row.session_id
+        sess = self.ledger.session(*key)
+        return None if sess is None else sess.id
 
     # --- observing the rig folder ------------------------------------------------------------
 
@@ -330,21 +369,27 @@ class Engine:
         """At start-up: open every unfinished session's NWB file and repair it to the ledger."""
         for sess in self.ledger.sessions():
             heartbeat()  # start-up recovery: one NWB file checked per session
-            if sess.state != "finished" and sess.nwb_created:
-                try:
-                    self._writer(sess)
-                except NwbRebuilt:
-                    pass  # already logged and reported; the session re-appends from its TIFFs
-                except (NwbBusy, OSError) as exc:
-                    self.log.warning("could not check NWB file at start-up; will retry",
-                                     stage="recover", session=sess.session, error=str(exc))
-            elif sess.nwb_created:
-                try:
-                    self.suite2p.recover(sess)
-                except OSError as exc:
-                    self.log.warning("could not finish an interrupted suite2p attach; will retry",
-                                     stage="suite2p", session=sess.session, error=str(exc))
+            if sess.quarantined:
+                continue  # left exactly as it is until `rig2nwb retry`
+            with self.guard(sess.id, "recovering"):
+                self._recover_one(sess)
             self.dirty.add((sess.subject, sess.session))
+
+    def _recover_one(self, sess: SessionRow) -> None:
+        if sess.state != "finished" and sess.nwb_created:
+            try:
+                self._writer(sess)
+            except NwbRebuilt:
+                pass  # already logged and reported; the session re-appends from its TIFFs
+            except (NwbBusy, OSError) as exc:
+                self.log.warning("could not check NWB file at start-up; will retry",
+                                 stage="recover", session=sess.session, error=str(exc))
+        elif sess.nwb_created:
+            try:
+                self.suite2p.recover(sess)
+            except OSError as exc:
+                self.log.warning("could not finish an interrupted suite2p attach; will retry",
+                                 stage="suite2p", session=sess.session, error=str(exc))
 
     def step(self) -> int:
         """Plan and act once for every session that may have something to do.
@@ -352,14 +397,25 @@ class Engine:
         Returns how many actions changed something (0 means idle)."""
         changed, self.changed = self.changed, set()
         for rel in sorted(changed):
-            if rel in self.tiffs:
-                self._ensure_ledger_file(self.tiffs[rel])
+            obs = self.tiffs.get(rel)
+            if obs is None:
+                continue
+            sid = self._session_of(rel, obs.key)
+            if sid is None:  # a new session: nothing of it exists that could be quarantined
+                self._ensure_ledger_file(obs)
+                continue
+            if self.ledger.session_by_id(sid).quarantined:
+                continue
+            with self.guard(sid, "watching", breadcrumb=False):
+                self._ensure_ledger_file(obs)
         done = 0
         for key in self._active_keys():
             if self.stop_event.is_set():
                 break
             done += self._step_session(key)
         self._close_idle_writers()
+        if not self.stop_event.is_set():
+            done += self.serve_requests()
         if not self.stop_event.is_set():
             done += self.attach_next()
         self.run_checks()
@@ -368,25 +424,52 @@ class Engine:
     # --- suite2p results -----------------------------------------------------------------------
 
     def attach_next(self) -> int:
-        """Attach one session's suite2p results if the survey (or `rig2nwb attach`) asked for it.
-        One per step, so frames of sessions still acquiring keep flowing in between."""
-        for sid, row in self.ledger.suite2p_rows().items():
-            if row.requested_at is not None:
-                outcome = self.attach_suite2p(sid, on_demand=True)
-                # Cleared only now: `rig2nwb attach` waits for this, then reads the row.
-                if outcome.state == "waiting":
-                    self.ledger.set_suite2p(sid, state="incomplete", detail=outcome.message,
-                                            requested_at=None)
-                elif outcome.state != "busy":
-                    self.ledger.set_suite2p(sid, requested_at=None)
-                return 1
+        """Attach one session's suite2p results if the survey asked for it. One per step, so
+        frames of sessions still acquiring keep flowing in between."""
         try:
             sid, on_demand = self.suite2p.queue.get_nowait()
         except queue.Empty:
             return 0
         self.suite2p.queued.discard(sid)
-        self.attach_suite2p(sid, on_demand=on_demand)
+        if self.ledger.session_by_id(sid).quarantined:
+            return 0
+        with self.guard(sid, "attaching suite2p results"):
+            self.attach_suite2p(sid, on_demand=on_demand)
         return 1
+
+    def serve_requests(self) -> int:
+        """Answer the one-shot commands' requests (``rig2nwb attach`` with the daemon running).
+        A request is answered at once when there is nothing to do; a busy NWB file leaves it
+        open for the next step."""
+        served = 0
+        for req in self.ledger.open_requests():
+            if self.stop_event.is_set():
+                break
+            try:
+                sess = self.ledger.session_by_id(req.session_id)
+            except KeyError:
+                self.ledger.answer_request(req.id, False, f"no session {req.session_id}")
+                continue
+            if sess.quarantined:
+                self.ledger.answer_request(req.id, False, quarantine_text(sess))
+                continue
+            if req.kind != "attach":
+                self.ledger.answer_request(req.id, False, f"unknown request {req.kind!r}")
+                continue
+            if req.taken_at is None:
+                self.ledger.take_request(req.id)
+            served += 1
+            outcome: AttachOutcome | None = None
+            with self.guard(sess.id, "attaching suite2p results (asked by rig2nwb attach)") as g:
+                outcome = self.attach_suite2p(sess.id, on_demand=True)
+            if g.failed:
+                self.ledger.answer_request(req.id, False, quarantine_text(
+                    self.ledger.session_by_id(sess.id)))
+            elif outcome is not None and outcome.state != "busy":
+                self.ledger.answer_request(req.id, outcome.state in ("attached", "unchanged"),
+                                           outcome.message)
+            break  # one attach per step, as for the survey's queue
+        return served
 
     def attach_suite2p(self, session_id: int, *, on_demand: bool = False) -> AttachOutcome:
         sess = self.ledger.session_by_id(session_id)
@@ -422,27 +505,35 @@ class Engine:
             if summary is None:
                 return
             self.check = None
-            self._record_check(sid, summary)
+            with self.guard(sid, "checking the file", breadcrumb=False):
+                self._record_check(sid, summary)
         checks, pictures = self.cfg.output.check_files, self.cfg.status.summary_picture
         if not (checks or pictures) or self.stop_event.is_set():
             return
         for sess in self.ledger.sessions():
-            if sess.state == "finished" and sess.validation is None and sess.nwb_created:
-                png = summary_png(self.cfg, sess.subject, sess.session) if pictures else None
-                try:
-                    self.check = (sess.id, CheckRun.start(Path(sess.nwb_path), picture=png,
-                                                          check=checks))
-                except OSError as exc:
-                    self._record_check(sess.id, CheckSummary.failure(f"cannot start: {exc}") if checks
-                                       else CheckSummary.not_checked(picture_error=f"cannot start: {exc}"))
-                return
+            if self._check_due(sess):
+                with self.guard(sess.id, "checking the file", breadcrumb=False) as g:
+                    self._start_check(sess, checks, pictures)
+                if not g.failed:
+                    return
+
+    @staticmethod
+    def _check_due(sess: SessionRow) -> bool:
+        return (sess.state == "finished" and sess.validation is None and bool(sess.nwb_created)
+                and not sess.quarantined)
+
+    def _start_check(self, sess: SessionRow, checks: bool, pictures: bool) -> None:
+        png = summary_png(self.cfg, sess.subject, sess.session) if pictures else None
+        try:
+            self.check = (sess.id, CheckRun.start(Path(sess.nwb_path), picture=png, check=checks))
+        except OSError as exc:
+            self._record_check(sess.id, CheckSummary.failure(f"cannot start: {exc}") if checks
+                               else CheckSummary.not_checked(picture_error=f"cannot start: {exc}"))
 
     def checks_pending(self) -> bool:
         """Is a finished file still waiting for (or in) its validation or summary picture?"""
         return (self.cfg.output.check_files or self.cfg.status.summary_picture) and (
-            self.check is not None or any(
-                s.state == "finished" and s.validation is None and s.nwb_created
-                for s in self.ledger.sessions()))
+            self.check is not None or any(self._check_due(s) for s in self.ledger.sessions()))
 
     def _record_check(self, session_id: int, summary: CheckSummary) -> None:
         sess = self.ledger.session_by_id(session_id)
@@ -487,6 +578,8 @@ class Engine:
         for sess in self.ledger.sessions():
             if sess.state != "finished":
                 keys.add((sess.subject, sess.session))
+        quarantined = {(s.subject, s.session) for s in self.ledger.sessions() if s.quarantined}
+        keys -= quarantined
         if self.convert_scope is not None:
             keys = {k for k in keys if any(o.key == k for o in self.tiffs.values())}
         return sorted(keys)
@@ -592,18 +685,50 @@ class Engine:
             finished=sess.state == "finished",
         )
 
+    def _missing_lab_files(self, sess: SessionRow) -> list[str]:
+        """The configured lab files (scan, trial) this session does not have: their patterns."""
+        lab = self.lab.get((sess.subject, sess.session), LabFiles())
+        return [pat for kind, pat in (("scan", self.cfg.rig.scan_file),
+                                      ("trial", self.cfg.rig.trial_file))
+                if pat and not getattr(lab, kind)]
+
+    def _lab_files_hint(self, sess: SessionRow, facts: SessionFacts) -> None:
+        """A session whose TIFFs stopped coming waits for its lab files (require_lab_files):
+        say so, or it would look like it hangs in 'acquiring'."""
+        waiting = (self.rules.require_lab_files and not facts.lab_files_present
+                   and not facts.finished and not facts.marker and not self.rules.convert
+                   and facts.idle_for >= self.rules.session_idle_seconds)
+        if waiting:
+            missing = " and ".join(self._missing_lab_files(sess))
+            self._warning(sess, "waiting_for_lab_files", f"no new TIFF for {facts.idle_for:.0f} s, "
+                          f"but the lab files ({missing}) are missing; the session finishes once "
+                          "they arrive (completion.require_lab_files = true)", "",
+                          self.log.bind(session=sess.session))
+        elif facts.finished or facts.lab_files_present:
+            self.ledger.clear_problem(sess.id, "waiting_for_lab_files")
+
     def _step_session(self, key: Key) -> int:
         sess = self.ledger.session(*key)
-        if sess is None:
+        if sess is None or sess.quarantined:
             return 0
         if sess.state == "paused" and self._free_bytes() < self._reserve():
             return 0  # still no room at all; _append resumes the session once its file fits
-        actions = plan_session(self._facts(sess), self.rules)
+        actions: list[Action] = []
+        with self.guard(sess.id, "planning", breadcrumb=False) as g:
+            facts = self._facts(sess)
+            actions = plan_session(facts, self.rules)
+            self._lab_files_hint(sess, facts)
+        if g.failed:
+            return 1
         changed = 0
         for action in actions:
             if self.stop_event.is_set():
                 break
-            changed += self._act(sess, action)
+            phase = _PHASES.get(action.kind, "watching")
+            with self.guard(sess.id, phase, breadcrumb=phase in _RISKY) as g:
+                changed += self._act(sess, action)
+            if g.failed:
+                return changed + 1
             sess = self.ledger.session_by_id(sess.id)
         if changed or any(a.kind == "wait" for a in actions):
             # Something moved, or a file waits on time (settle, gap): plan again next step,
@@ -1078,6 +1203,10 @@ class Engine:
             _POISONED.append(w.appender)
         sess = self.ledger.session_by_id(session_id)
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="append")
+        if _is_disk_full(exc):
+            # A full disk is not this session's fault: the restart is no death of the session
+            # (it pauses until space returns).
+            clear_inflight(self.ledger)
         if _is_damaged_read(exc):  # not the disk: the file's own data cannot be read back
             self.ledger.report_problem(sess.id, DAMAGED_CODE, f"{Path(sess.nwb_path).name}: "
                                        f"stored data cannot be read back ({_first_line(exc)})")
@@ -1141,6 +1270,15 @@ class Engine:
             return 0  # the file could not be written now: finalize again later
         frames = [layout.count(s, kept) for s in range(len(layout.series))]
         files = self.ledger.files(sess.id)
+        missing = self._missing_lab_files(sess)
+        if missing and self.cfg.completion.require_lab_files:
+            self._warning(sess, "lab_files_missing", f"finished without its lab file(s) "
+                          f"{' and '.join(missing)} (completion.require_lab_files asks for them): "
+                          "timestamps come from the TIFFs alone and no trials were written", "",
+                          log)
+        else:
+            self.ledger.clear_problem(sess.id, "lab_files_missing")
+        self.ledger.clear_problem(sess.id, "waiting_for_lab_files")
         self.ledger.update_session(sess.id, state="finished", finished_at=time.time(),
                                    timestamps_source=sources[0], validation=None)
         per_series = ", ".join(f"{s.name} {n}" for s, n in zip(layout.series, frames, strict=True))
@@ -1409,6 +1547,14 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 REGULAR_TOLERANCE_S = 1e-6
+
+# What the session boundary calls each planner action (quarantine messages say "while ...").
+_PHASES = {"inspect": "inspecting a TIFF", "append": "appending frames",
+           "finalize": "finalizing the session", "fail": "recording a bad TIFF",
+           "vanished": "recording a vanished TIFF", "out_of_order": "recording a late TIFF"}
+# Phases that may take the worker down (a library segfault, the OOM killer): a breadcrumb in
+# the ledger says which session the worker was in, so its death can be counted.
+_RISKY = frozenset({"inspecting a TIFF", "appending frames", "finalizing the session"})
 
 
 DAMAGED_CODE = "nwb_damaged"  # the next worker sets the file aside and rebuilds it

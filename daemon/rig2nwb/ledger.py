@@ -14,6 +14,7 @@ commit durable across power loss, not just across a crash of the process.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from rig2nwb.errors import LedgerDamaged
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 SERIES = "TwoPhotonSeries"
 
@@ -47,6 +51,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     timestamps_source TEXT,
     layout TEXT,
     validation TEXT,
+    quarantine_phase TEXT,
+    quarantine_reason TEXT,
+    quarantined_at REAL,
     UNIQUE (subject, session)
 );
 CREATE TABLE IF NOT EXISTS series (
@@ -104,6 +111,25 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS crashes (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    phase TEXT NOT NULL,
+    deaths INTEGER NOT NULL DEFAULT 0,
+    last_at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (session_id, phase)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    args TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    taken_at REAL,
+    done_at REAL,
+    ok INTEGER,
+    answer TEXT
+);
 """
 
 
@@ -127,11 +153,22 @@ class SessionRow:
     timestamps_source: str | None = None
     layout: str | None = None  # PageLayout JSON, fixed by the session's first file
     validation: str | None = None  # CheckSummary JSON of the finished file
+    # Set while the session is quarantined (an unexpected error, or the worker died in it
+    # repeatedly): nothing touches the session until `rig2nwb retry` clears them.
+    quarantine_phase: str | None = None
+    quarantine_reason: str | None = None
+    quarantined_at: float | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_at is not None
 
 
 # Columns added after the first release: ledgers created before get them on open.
 _ADDED_COLUMNS = {
-    "sessions": [("timestamps_source", "TEXT"), ("layout", "TEXT"), ("validation", "TEXT")],
+    "sessions": [("timestamps_source", "TEXT"), ("layout", "TEXT"), ("validation", "TEXT"),
+                 ("quarantine_phase", "TEXT"), ("quarantine_reason", "TEXT"),
+                 ("quarantined_at", "REAL")],
     "problems": [("severity", "TEXT NOT NULL DEFAULT 'error'")],
 }
 
@@ -189,31 +226,101 @@ class ProblemRow:
     severity: str = "error"  # or "warning": recorded and shown, nothing is held back
 
 
+@dataclass(frozen=True)
+class RequestRow:
+    """A one-shot command's request to the running daemon (``rig2nwb attach`` ...)."""
+
+    id: int
+    kind: str
+    session_id: int
+    args: str
+    created_at: float
+    taken_at: float | None
+    done_at: float | None
+    ok: int | None
+    answer: str | None
+
+
+# Tables every ledger has had since the first release (a read-only reader of a ledger from an
+# older release, before the daemon added the newer tables, must still work).
+TABLES = ("sessions", "series", "files", "problems", "suite2p", "events", "meta")
+SESSION_STATES = frozenset({"waiting", "acquiring", "paused", "finished"})
+FILE_STATES = frozenset({"waiting", "appending", "committed", "failed", "vanished",
+                         "out_of_order"})
+SUITE2P_STATES = frozenset({"incomplete", "settling", "ready", "attaching", "staged", "attached",
+                            "problem", "stale"})
+
+
 class Ledger:
     """Thread-safe access to the ledger database (one connection, one lock)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, verify: bool = False) -> None:
+        """Open (or create) the ledger. ``verify``: run ``integrity_check`` first and refuse a
+        damaged ledger (LedgerDamaged) before anything is written to it."""
         self.path = path
-        if readonly:
-            self._db = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30
-            )
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                for name, decl in columns:
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        try:
+            self._db = self._open(path, readonly, verify)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerDamaged(damaged_message(path, exc)) from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         # Queries the service loop asks every tick (0.5 s), answered again only after a commit:
         # with 100 finished sessions they cost ~2% of a core while nothing happened.
         self._memos: dict[str, tuple[tuple[int, int], Any]] = {}
+
+    @staticmethod
+    def _open(path: Path, readonly: bool, verify: bool) -> sqlite3.Connection:
+        if readonly:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                 timeout=30)
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # "not a database"
+            return db
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        try:
+            if verify:  # before anything is written to it
+                problems = _integrity(db)
+                if problems:
+                    raise LedgerDamaged(damaged_message(path, "; ".join(problems[:3])))
+            have = {str(r[0]) for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = sorted(set(TABLES) - have)
+            if have and missing:
+                # Creating them empty would forget what was committed (and duplicate frames).
+                raise LedgerDamaged(damaged_message(
+                    path, f"table(s) {', '.join(missing)} missing: not a ledger rig2nwb wrote"))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own ``integrity_check`` (pages, indexes, constraints): [] when sound."""
+        with self._lock:
+            return _integrity(self._db)
+
+    def verify(self) -> None:
+        """Raise LedgerDamaged unless the ledger passes ``integrity_check`` and holds every
+        table rig2nwb uses: a damaged ledger is reported, never trusted (it says which frames
+        are committed)."""
+        problems = self.integrity_problems()
+        if not problems:
+            with self._lock:
+                have = {str(r[0]) for r in self._db.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = sorted(set(TABLES) - have)
+            if missing:
+                problems = [f"table(s) {', '.join(missing)} missing: not a ledger rig2nwb wrote"]
+        if problems:
+            raise LedgerDamaged(damaged_message(self.path, "; ".join(problems[:3])))
 
     def close(self) -> None:
         with self._lock:
@@ -255,14 +362,17 @@ class Ledger:
 
     def sessions(self) -> list[SessionRow]:
         return list(self._memo("sessions", lambda: [
-            SessionRow(**dict(r)) for r in self._all("SELECT * FROM sessions ORDER BY id")]))
+            _row(SessionRow, r) for r in self._all("SELECT * FROM sessions ORDER BY id")]))
 
     def session(self, subject: str, session: str) -> SessionRow | None:
         rows = self._all("SELECT * FROM sessions WHERE subject=? AND session=?", subject, session)
-        return SessionRow(**dict(rows[0])) if rows else None
+        return _row(SessionRow, rows[0]) if rows else None
 
     def session_by_id(self, session_id: int) -> SessionRow:
-        return SessionRow(**dict(self._all("SELECT * FROM sessions WHERE id=?", session_id)[0]))
+        rows = self._all("SELECT * FROM sessions WHERE id=?", session_id)
+        if not rows:
+            raise KeyError(f"no session with id {session_id} in the ledger")
+        return _row(SessionRow, rows[0])
 
     def ensure_session(self, subject: str, session: str, site: str, nwb_path: str) -> SessionRow:
         now = time.time()
@@ -316,11 +426,11 @@ class Ledger:
 
     def files(self, session_id: int) -> list[FileRow]:
         rows = self._all("SELECT * FROM files WHERE session_id=? ORDER BY id", session_id)
-        return [FileRow(**dict(r)) for r in rows]
+        return [_row(FileRow, r) for r in rows]
 
     def file(self, path: str) -> FileRow | None:
         rows = self._all("SELECT * FROM files WHERE path=?", path)
-        return FileRow(**dict(rows[0])) if rows else None
+        return _row(FileRow, rows[0]) if rows else None
 
     def unresolved_paths(self) -> list[str]:
         """Files still waiting for (or in the middle of) an append, or failed and retryable."""
@@ -375,7 +485,7 @@ class Ledger:
                 " first_frame + frames_committed > ?",
                 (session_id, frames),
             ).fetchall():
-                row = FileRow(**dict(r))
+                row = _row(FileRow, r)
                 keep = max(0, frames - (row.first_frame or 0))
                 db.execute(
                     "UPDATE files SET frames_committed=?, state=?, updated_at=? WHERE id=?",
@@ -400,24 +510,140 @@ class Ledger:
 
     def suite2p(self, session_id: int) -> Suite2pRow | None:
         rows = self._all("SELECT * FROM suite2p WHERE session_id=?", session_id)
-        return Suite2pRow(**dict(rows[0])) if rows else None
+        return _row(Suite2pRow, rows[0]) if rows else None
 
     def suite2p_rows(self) -> dict[int, Suite2pRow]:
         return dict(self._memo("suite2p", lambda: {
-            r["session_id"]: Suite2pRow(**dict(r)) for r in self._all("SELECT * FROM suite2p")}))
+            r["session_id"]: _row(Suite2pRow, r) for r in self._all("SELECT * FROM suite2p")}))
 
     def set_suite2p(self, session_id: int, **fields: Any) -> None:
-        """Create or update a session's suite2p row (``folder`` and ``state`` needed to create)."""
+        """Update a session's suite2p row, or create it (then ``folder`` and ``state`` are
+        needed: a row without them would be a lie, so creating one without is refused)."""
         fields["updated_at"] = time.time()
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        updates = ", ".join(f"{k}=excluded.{k}" for k in fields)
         with self.transaction() as db:
-            db.execute(
-                f"INSERT INTO suite2p (session_id, {cols}) VALUES (?, {marks})"
-                f" ON CONFLICT (session_id) DO UPDATE SET {updates}",
-                (session_id, *fields.values()),
-            )
+            cols = ", ".join(f"{k}=?" for k in fields)
+            cur = db.execute(f"UPDATE suite2p SET {cols} WHERE session_id=?",
+                             (*fields.values(), session_id))
+            if cur.rowcount:
+                return
+            if fields.get("folder") is None or fields.get("state") is None:
+                raise ValueError(f"session {session_id} has no suite2p row to update, and "
+                                 "creating one needs its folder and state")
+            marks = ", ".join("?" for _ in fields)
+            db.execute(f"INSERT INTO suite2p (session_id, {', '.join(fields)}) VALUES (?, {marks})",
+                       (session_id, *fields.values()))
+
+    # --- quarantine and worker deaths -----------------------------------------------------
+
+    def quarantine(self, session_id: int, phase: str, reason: str) -> None:
+        """Park a session: nothing works on it until ``lift_quarantine`` (``rig2nwb retry``).
+        Its ledger rows and committed frames stay exactly as they are."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE sessions SET quarantine_phase=?, quarantine_reason=?,"
+                       " quarantined_at=?, updated_at=? WHERE id=?",
+                       (phase, reason, now, now, session_id))
+
+    def lift_quarantine(self, session_id: int) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE sessions SET quarantine_phase=NULL, quarantine_reason=NULL,"
+                       " quarantined_at=NULL, updated_at=? WHERE id=?", (now, session_id))
+            db.execute("DELETE FROM crashes WHERE session_id=?", (session_id,))
+            db.execute("UPDATE problems SET active=0, last_at=? WHERE session_id=? AND"
+                       " code='quarantined' AND active=1", (now, session_id))
+
+    def record_death(self, session_id: int, phase: str, detail: str) -> int:
+        """Count one more worker death in ``phase`` of a session; returns the count."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO crashes (session_id, phase, deaths, last_at, detail)"
+                       " VALUES (?, ?, 1, ?, ?) ON CONFLICT (session_id, phase) DO UPDATE SET"
+                       " deaths=deaths+1, last_at=excluded.last_at, detail=excluded.detail",
+                       (session_id, phase, now, detail))
+            row = db.execute("SELECT deaths FROM crashes WHERE session_id=? AND phase=?",
+                             (session_id, phase)).fetchone()
+        return int(row[0])
+
+    def crash_counts(self) -> dict[tuple[int, str], int]:
+        return {(int(r[0]), str(r[1])): int(r[2])
+                for r in self._all("SELECT session_id, phase, deaths FROM crashes")}
+
+    def clear_deaths(self, session_id: int, phase: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM crashes WHERE session_id=? AND phase=?", (session_id, phase))
+
+    # --- requests from one-shot commands to the running daemon ------------------------------
+
+    def add_request(self, kind: str, session_id: int, args: str = "{}") -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO requests (kind, session_id, args, created_at)"
+                             " VALUES (?, ?, ?, ?)", (kind, session_id, args, time.time()))
+            return int(cur.lastrowid or 0)
+
+    def open_requests(self) -> list[RequestRow]:
+        return list(self._memo("requests", lambda: [
+            _row(RequestRow, r) for r in self._all(
+                "SELECT * FROM requests WHERE done_at IS NULL ORDER BY id")]))
+
+    def request(self, request_id: int) -> RequestRow | None:
+        rows = self._all("SELECT * FROM requests WHERE id=?", request_id)
+        return _row(RequestRow, rows[0]) if rows else None
+
+    def take_request(self, request_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE requests SET taken_at=? WHERE id=?", (time.time(), request_id))
+
+    def answer_request(self, request_id: int, ok: bool, answer: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE requests SET done_at=?, ok=?, answer=? WHERE id=?",
+                       (time.time(), int(ok), answer, request_id))
+
+    # --- consistency --------------------------------------------------------------------------
+
+    def consistency_problems(self) -> list[str]:
+        """rig2nwb's own rules about its rows (beyond SQLite's integrity_check): each file's
+        committed pages lie inside its session's committed stream, committed files do not
+        overlap, states are known ones, and every row belongs to a session."""
+        out: list[str] = []
+        committed = self.all_frames_committed()
+        sessions = {s.id: s for s in self.sessions()}
+        for s in sessions.values():
+            if s.state not in SESSION_STATES:
+                out.append(f"session {s.id} ({s.subject}/{s.session}): unknown state {s.state!r}")
+            if s.quarantined and not s.quarantine_reason:
+                out.append(f"session {s.id}: quarantined without a reason")
+        spans: dict[int, list[tuple[int, int, str]]] = {}
+        for r in (_row(FileRow, x) for x in self._all("SELECT * FROM files ORDER BY id")):
+            where = f"file {r.path}"
+            if r.session_id not in sessions:
+                out.append(f"{where}: belongs to no session ({r.session_id})")
+                continue
+            if r.state not in FILE_STATES:
+                out.append(f"{where}: unknown state {r.state!r}")
+            if r.frames_committed < 0 or (r.frames is not None and r.frames_committed > r.frames):
+                out.append(f"{where}: {r.frames_committed} pages committed of {r.frames}")
+            if r.first_frame is not None and r.frames_committed > 0:
+                end = r.first_frame + r.frames_committed
+                if end > committed.get(r.session_id, 0):
+                    out.append(f"{where}: pages up to {end} committed but its session has "
+                               f"{committed.get(r.session_id, 0)}")
+                spans.setdefault(r.session_id, []).append((r.first_frame, end, r.path))
+            if r.state == "committed" and (r.first_frame is None or r.frames is None):
+                out.append(f"{where}: committed without a position in the series")
+        for sid, items in spans.items():
+            items.sort()
+            for (a0, a1, ap), (b0, _b1, bp) in itertools.pairwise(items):
+                if b0 < a1:
+                    out.append(f"session {sid}: {ap} (pages {a0}-{a1}) overlaps {bp} (from {b0})")
+        for table in ("suite2p", "series", "crashes", "requests"):
+            for (owner,) in self._all(f"SELECT session_id FROM {table}"):
+                if owner not in sessions:
+                    out.append(f"{table}: a row of session {owner}, which does not exist")
+        for sid, row in self.suite2p_rows().items():
+            if row.state not in SUITE2P_STATES:
+                out.append(f"suite2p of session {sid}: unknown state {row.state!r}")
+        return out
 
     # --- problems and history -------------------------------------------------------------
 
@@ -460,7 +686,7 @@ class Ledger:
             conds.append("active=1")
         if conds:
             sql += " WHERE " + " AND ".join(conds)
-        return [ProblemRow(**dict(r)) for r in self._all(sql + " ORDER BY id", *args)]
+        return [_row(ProblemRow, r) for r in self._all(sql + " ORDER BY id", *args)]
 
     def add_event(self, session_id: int | None, stage: str, message: str) -> None:
         with self.transaction() as db:
@@ -496,14 +722,14 @@ class Ledger:
             sql += f" AND stage IN ({', '.join('?' for _ in stages)})"
             args += list(stages)
         rows = self._all(sql + " ORDER BY id LIMIT ?", *args, limit)
-        return [EventRow(**dict(r)) for r in rows]
+        return [_row(EventRow, r) for r in rows]
 
     def event_before(self, event_id: int, session_id: int, stages: tuple[str, ...]) -> EventRow | None:
         """The newest event of a session, of one of ``stages``, older than ``event_id``."""
         marks = ", ".join("?" for _ in stages)
         rows = self._all(f"SELECT * FROM events WHERE id < ? AND session_id = ? AND stage IN ({marks})"
                          " ORDER BY id DESC LIMIT 1", event_id, session_id, *stages)
-        return EventRow(**dict(rows[0])) if rows else None
+        return _row(EventRow, rows[0]) if rows else None
 
     # --- small key/value state (e.g. the notification cursor) ------------------------------
 
@@ -515,3 +741,29 @@ class Ledger:
         with self.transaction() as db:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
                        " SET value=excluded.value", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key=?", (key,))
+
+
+def _integrity(db: sqlite3.Connection) -> list[str]:
+    try:
+        rows = [str(r[0]) for r in db.execute("PRAGMA integrity_check(20)")]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if rows == ["ok"] else rows
+
+
+def _row(cls: type[R], r: sqlite3.Row) -> R:
+    """A row as its dataclass, ignoring columns this version does not know (a ledger written by
+    a newer rig2nwb keeps working with an older one)."""
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return cls(**{k: r[k] for k in r.keys() if k in names})  # noqa: SIM118 (a Row iterates values)
+
+
+def damaged_message(path: Path, why: object) -> str:
+    return (f"the ledger {path} is damaged ({why}); it is not used. Stop rig2nwb, move it aside "
+            "(with its -wal and -shm files) to keep it for inspection, and start again: the "
+            "sessions are converted again from the TIFFs into new NWB files (rename or move "
+            "the old NWB files first, rig2nwb never overwrites a file it does not own)")

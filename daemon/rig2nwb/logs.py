@@ -13,6 +13,7 @@ import logging.handlers
 import os
 import sys
 import warnings
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,11 @@ def setup_logging(
     backups: int = 5,
     rig: str | None = None,
     stream: Any = None,
+    stream_tracebacks: bool = True,
 ) -> None:
-    """Configure structlog and the root stdlib logger (idempotent)."""
+    """Configure structlog and the root stdlib logger (idempotent). Without
+    ``stream_tracebacks`` the stream (a terminal, for one-shot commands) gets each error's one
+    line and the log file its traceback."""
     stream = stream if stream is not None else sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and _isatty(stream))
     structlog.configure(
@@ -67,12 +71,13 @@ def setup_logging(
     json_renderer = structlog.processors.JSONRenderer()
     console_renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
 
-    def formatter(renderer: Any) -> logging.Formatter:
+    def formatter(renderer: Any, tracebacks: bool = True) -> logging.Formatter:
         return structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                *([] if tracebacks else [drop_tracebacks]),
                 renderer,
             ],
         )
@@ -82,7 +87,8 @@ def setup_logging(
         root.removeHandler(h)
         h.close()
     handler = logging.StreamHandler(stream)
-    stream_formatter = formatter(console_renderer if use_console else json_renderer)
+    stream_formatter = formatter(console_renderer if use_console else json_renderer,
+                                 stream_tracebacks or file is None)
     if is_journal_stream(stream):
         stream_formatter = JournalPriority(stream_formatter)
     handler.setFormatter(stream_formatter)
@@ -110,10 +116,34 @@ def setup_logging(
         _STATIC["rig"] = rig
 
 
-def setup_from_config(cfg: Config) -> None:
+def setup_from_config(cfg: Config, *, one_shot: bool = False) -> None:
+    """Logging as the config says. ``one_shot`` (convert, attach, demo): the terminal gets each
+    error's one line, the traceback goes to ``logging.file``, or to
+    ``<state.folder>/rig2nwb-commands.log`` when none is configured."""
     lc = cfg.logging
-    setup_logging(level=lc.level, fmt=lc.format, file=lc.file, max_bytes=lc.max_bytes,
-                  backups=lc.backups, rig=cfg.rig.name)
+    file = lc.file
+    if one_shot and file is None:
+        file = cfg.state.folder / COMMANDS_LOG
+    setup_logging(level=lc.level, fmt=lc.format, file=file, max_bytes=lc.max_bytes,
+                  backups=lc.backups, rig=cfg.rig.name, stream_tracebacks=not one_shot)
+
+
+COMMANDS_LOG = "rig2nwb-commands.log"
+
+
+def drop_tracebacks(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Remove a traceback (``exception``, or a ``traceback`` field) from a line for the
+    terminal; the log file keeps it."""
+    for key in ("exception", "traceback"):
+        if event.pop(key, None):
+            event["details"] = "in the log file"
+    return event
+
+
+def log_files() -> list[Path]:
+    """The files the root logger writes to (logging.file), if any."""
+    return [Path(h.baseFilename) for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler)]
 
 
 class JournalPriority(logging.Formatter):

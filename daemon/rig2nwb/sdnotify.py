@@ -212,10 +212,12 @@ class SystemdHook:
             get_logger("rig2nwb.sdnotify").debug("status query failed", stage="service",
                                                  error=str(exc))
             return self._status or "watching"
-        sessions, acquiring, paused, frames, problems = row
+        sessions, acquiring, paused, quarantined, frames, problems = row
         parts = [f"watching {sessions:,} session{'s' * (sessions != 1)}", f"{acquiring:,} acquiring"]
         if paused:
             parts.append(f"{paused:,} paused")
+        if quarantined:
+            parts.append(f"{quarantined:,} quarantined")
         parts.append(f"{frames:,} frames committed")
         if problems:
             parts.append(f"{problems:,} problem{'s' * (problems != 1)} (rig2nwb status)")
@@ -225,8 +227,9 @@ class SystemdHook:
 # Frames are TIFF pages committed (the ledger's page-stream count), as in `rig2nwb status`.
 _STATUS_SQL = """
 SELECT COUNT(*),
-       COALESCE(SUM(state = 'acquiring'), 0),
-       COALESCE(SUM(state = 'paused'), 0),
+       COALESCE(SUM(state = 'acquiring' AND quarantined_at IS NULL), 0),
+       COALESCE(SUM(state = 'paused' AND quarantined_at IS NULL), 0),
+       COALESCE(SUM(quarantined_at IS NOT NULL), 0),
        (SELECT COALESCE(SUM(frames_committed), 0) FROM series WHERE name = 'TwoPhotonSeries'),
        (SELECT COUNT(*) FROM problems WHERE active = 1 AND severity = 'error')
 FROM sessions

@@ -11,16 +11,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from filelock import FileLock, Timeout
 
-from rig2nwb.config import Config
+from rig2nwb.config import Config, config_warnings
 from rig2nwb.engine import Engine, WriterPoisoned
+from rig2nwb.errors import LedgerDamaged
 from rig2nwb.ledger import Ledger
 from rig2nwb.logs import get_logger
+from rig2nwb.quarantine import (
+    account_previous_worker,
+    describe,
+    is_session_error,
+    previous_worker_exit,
+)
 from rig2nwb.sdnotify import SystemdHook
 from rig2nwb.watcher import FsEvent, start_observer, stop_observer
+
+T = TypeVar("T")
 
 TICK_SECONDS = 0.5
 # A worker started right after its predecessor was killed may find the lock still held for a
@@ -50,7 +59,13 @@ def lock_state(cfg: Config, wait_seconds: float = 0.0) -> FileLock:
     return lock
 
 
-def lower_priority(nice: int) -> int | None:
+def open_verified(path: Path) -> Ledger:
+    """The ledger for writing, after SQLite's ``integrity_check``: a damaged ledger is reported
+    (LedgerDamaged, one line saying how to recover), never trusted."""
+    return Ledger(path, verify=True)
+
+
+def lower_priority(nice: int, *, exclude: frozenset[int] = frozenset()) -> int | None:
     """Run at niceness ``nice`` or lower priority (never raises it: an unprivileged process
     could not, and a unit's own Nice= may already be lower). Returns the niceness now; None
     where there is none (Windows: the scheduled task's priority applies, docs/service.md).
@@ -64,6 +79,8 @@ def lower_priority(nice: int) -> int | None:
     with contextlib.suppress(OSError):
         tasks += [int(t) for t in os.listdir("/proc/self/task")]
     for task in tasks:
+        if task in exclude:
+            continue  # e.g. the demo's simulated rig, which must keep the rig's priority
         with contextlib.suppress(OSError):  # a thread that just ended; or not permitted
             if nice > os.getpriority(os.PRIO_PROCESS, task):
                 os.setpriority(os.PRIO_PROCESS, task, nice)
@@ -117,6 +134,7 @@ class Service:
         self.log = get_logger("rig2nwb.service")
         self.events: queue.Queue[FsEvent] = queue.Queue()
         self.engine: Engine | None = None
+        self._failing: set[str] = set()  # rig-wide steps whose last run failed
 
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
@@ -136,7 +154,13 @@ class Service:
     def run(self, until: Callable[[Engine], bool] | None = None) -> int:
         cfg = self.cfg
         lock = lock_state(cfg, LOCK_WAIT_SECONDS)
-        ledger = Ledger(ledger_path(cfg))
+        try:
+            ledger = open_verified(ledger_path(cfg))
+        except LedgerDamaged:
+            lock.release()
+            raise
+        account_previous_worker(ledger, self.log, previous_worker_exit(),
+                                cfg.service.max_worker_deaths)
         engine = self.engine = Engine(cfg, ledger)
         if self.stop_event.is_set():
             engine.stop_event.set()
@@ -159,17 +183,20 @@ class Service:
                           output=str(cfg.output.folder),
                           nice=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority")
                           else None)
+            for warning in config_warnings(cfg):
+                self.log.warning("configuration", stage="service", warning=warning)
             self._call_hooks("started", engine)
             while not self.stop_event.is_set():
-                rescan = self._drain_events(engine)
+                rescan = self._rig_safely("watching the rig folder",
+                                          lambda: self._drain_events(engine), engine)
                 if rescan or time.monotonic() - last_scan >= cfg.watch.rescan_seconds:
-                    engine.full_scan()
+                    self._rig_safely("scanning the rig folder", engine.full_scan, engine)
                     engine.retry_transient()
                     last_scan = time.monotonic()
                     if observer is None or not observer.is_alive():
                         stop_observer(observer)
                         observer = self._start_observer()
-                engine.restat_pending()
+                self._rig_safely("watching the rig folder", engine.restat_pending, engine)
                 engine.step()
                 self._call_hooks("tick", engine)
                 if until is not None and until(engine):
@@ -187,6 +214,28 @@ class Service:
             lock.release()
             self.log.info("stopped", stage="service", restart_needed=poisoned)
         return 0
+
+    def _rig_safely(self, what: str, fn: Callable[[], T], engine: Engine) -> T | None:
+        """Run a rig-wide step (not one session's work): an unexpected error becomes a rig-wide
+        problem in status and the log, and the loop goes on (a crash here would stop every
+        session, and restarting would meet the same folder again)."""
+        try:
+            result = fn()
+        except WriterPoisoned:
+            raise
+        except Exception as exc:
+            if not is_session_error(exc):
+                raise  # the ledger itself failing: the worker restarts (with backoff)
+            message = f"{what} failed: {describe(exc)}; rig2nwb goes on and retries"
+            if engine.ledger.report_problem(None, "internal_error", message, what):
+                engine.ledger.add_event(None, "problem", message)
+                self.log.error("internal error", stage="watch", problem=message, exc_info=exc)
+            self._failing.add(what)
+            return None
+        if what in self._failing:
+            self._failing.discard(what)
+            engine.ledger.clear_problem(None, "internal_error", what)
+        return result
 
     def _call_hooks(self, what: str, engine: Engine) -> None:
         for hook in self.hooks:

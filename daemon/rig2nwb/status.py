@@ -42,48 +42,83 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         committed = ledger.all_frames_committed()
         out = []
         for s in ledger.sessions():
-            n_files, n_committed, n_failed, source_bytes = counts.get(s.id, (0, 0, 0, 0))
-            nwb = Path(s.nwb_path)
-            active = active_by_session.get(s.id, [])
-            problems = [p.message for p in active if p.severity != "warning"]
-            check = CheckSummary.from_json(s.validation) if s.validation else None
-            layout = PageLayout.from_json(s.layout) if s.layout else None
-            pages = committed.get(s.id, 0)
-            out.append({
-                "subject": s.subject,
-                "session": s.session,
-                "site": s.site,
-                "state": s.state,
-                "frames": pages,
-                "series": _series_frames(s, pages),
-                "files": n_files,
-                "files_committed": n_committed,
-                "files_failed": n_failed,
-                "source_bytes": source_bytes,
-                "nwb_path": str(nwb),
-                "nwb_bytes": _file_size(nwb),
-                "start_time": s.start_time,
-                "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
-                "last_update": _iso(s.updated_at),
-                "finished_at": _iso(s.finished_at) if s.finished_at else None,
-                "problems": problems + global_problems,
-                "warnings": [p.message for p in active if p.severity == "warning"],
-                "validation": check.short() if check else (
-                    "pending" if s.state == "finished" else None),
-                # None: pending, or not checked (output.check_files = false; see "validation").
-                "validation_ok": check.ok if check and check.checked else None,
-                "validation_counts": (
-                    {"validation_errors": check.validation_errors, **check.counts}
-                    if check and check.checked else None),
-                "suite2p": _suite2p(suite2p.get(s.id)),
-                # Added later (keys are only ever added): frames per second of each series and
-                # of the scanner (flyback included); null before the session's first file.
-                "rate_hz": layout.series_rate if layout else None,
-                "scan_rate_hz": layout.frame_rate if layout else None,
-            })
+            try:
+                out.append(_session_status(s, counts, committed, active_by_session, suite2p,
+                                           global_problems))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # One unreadable row (hand-edited, or from another version) must not hide the
+                # others: it is shown with what is wrong.
+                out.append(_unreadable_row(s, exc, global_problems))
         return out, global_problems + global_warnings
     finally:
         ledger.close()
+
+
+def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int]],
+                    committed: dict[int, int], active_by_session: dict[int | None, list[ProblemRow]],
+                    suite2p: dict[int, Suite2pRow], global_problems: list[str]) -> dict[str, Any]:
+    n_files, n_committed, n_failed, source_bytes = counts.get(s.id, (0, 0, 0, 0))
+    nwb = Path(s.nwb_path)
+    active = active_by_session.get(s.id, [])
+    problems = [p.message for p in active if p.severity != "warning"]
+    check = CheckSummary.from_json(s.validation) if s.validation else None
+    layout = PageLayout.from_json(s.layout) if s.layout else None
+    pages = committed.get(s.id, 0)
+    return {
+        "subject": s.subject,
+        "session": s.session,
+        "site": s.site,
+        "state": "quarantined" if s.quarantined else s.state,
+        "frames": pages,
+        "series": _series_frames(s, pages),
+        "files": n_files,
+        "files_committed": n_committed,
+        "files_failed": n_failed,
+        "source_bytes": source_bytes,
+        "nwb_path": str(nwb),
+        "nwb_bytes": _file_size(nwb),
+        "start_time": s.start_time,
+        "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
+        "last_update": _iso(s.updated_at),
+        "finished_at": _iso(s.finished_at) if s.finished_at else None,
+        "problems": problems + global_problems,
+        "warnings": [p.message for p in active if p.severity == "warning"],
+        "validation": check.short() if check else (
+            "pending" if s.state == "finished" else None),
+        # None: pending, or not checked (output.check_files = false; see "validation").
+        "validation_ok": check.ok if check and check.checked else None,
+        "validation_counts": (
+            {"validation_errors": check.validation_errors, **check.counts}
+            if check and check.checked else None),
+        "suite2p": _suite2p(suite2p.get(s.id)),
+        # Added later (keys are only ever added): frames per second of each series and
+        # of the scanner (flyback included); null before the session's first file.
+        "rate_hz": layout.series_rate if layout else None,
+        "scan_rate_hz": layout.frame_rate if layout else None,
+        "quarantine": _quarantine(s),
+    }
+
+
+def _unreadable_row(s: SessionRow, exc: Exception, global_problems: list[str]) -> dict[str, Any]:
+    """What can be shown of a session whose ledger row does not parse."""
+    why = f"its ledger row cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+    return {
+        "subject": str(s.subject), "session": str(s.session), "site": str(s.site or ""),
+        "state": "quarantined" if s.quarantined else str(s.state), "frames": 0, "series": {},
+        "files": 0, "files_committed": 0, "files_failed": 0, "source_bytes": 0, "nwb_path": str(s.nwb_path), "nwb_bytes": 0,
+        "start_time": None, "timestamps": "unknown", "last_update": None, "finished_at": None,
+        "problems": [why, *global_problems], "warnings": [], "validation": None,
+        "validation_ok": None, "validation_counts": None, "suite2p": None, "rate_hz": None,
+        "scan_rate_hz": None, "quarantine": _quarantine(s),
+    }
+
+
+def _quarantine(s: SessionRow) -> dict[str, Any] | None:
+    """Why a session is quarantined (``state`` is where it stood): None when it is not."""
+    if not s.quarantined:
+        return None
+    return {"phase": s.quarantine_phase, "reason": s.quarantine_reason,
+            "since": _iso(s.quarantined_at), "state": s.state}
 
 
 def rig_problems(cfg: Config) -> list[str]:
@@ -114,31 +149,45 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
         files = ledger.files(s.id)
         events = ledger.events(s.id)
         s2p = ledger.suite2p(s.id)
-        return {
-            "subject": s.subject, "session": s.session, "state": s.state,
-            "nwb_path": s.nwb_path, "frames": ledger.frames_committed(s.id),
-            "start_time": s.start_time, "start_source": s.start_source,
-            "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
-            "layout": PageLayout.from_json(s.layout).describe() if s.layout else None,
-            "series": _series_frames(s, ledger.frames_committed(s.id)),
-            "validation": CheckSummary.from_json(s.validation).short() if s.validation else None,
-            "suite2p": _suite2p(s2p),
-            "validation_messages": (CheckSummary.from_json(s.validation).messages
-                                    if s.validation else []),
-            "files": [{"path": f.path, "state": f.state, "frames": f.frames,
-                       "first_frame": f.first_frame, "size": f.size, "error": f.error}
-                      for f in files],
-            "problems": [{"code": p.code, "file": p.file, "message": p.message,
-                          "severity": p.severity, "active": bool(p.active),
-                          "since": _iso(p.first_at)}
-                         for p in ledger.problems(s.id, active_only=False)],
-            "events": [{"at": _iso(at), "stage": st, "message": m}
-                       for at, st, m in events],
-            "rate_hz": PageLayout.from_json(s.layout).series_rate if s.layout else None,
-            "timings": _timings(s, files, events, s2p),
-        }
+        try:
+            return _history(ledger, s, files, events, s2p)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            row = _unreadable_row(s, exc, [])
+            return {**row, "start_source": None, "layout": None, "validation_messages": [],
+                    "events": [], "timings": {}, "files": [],
+                    "problems": [{"code": "ledger", "file": "", "active": True, "since": None,
+                                  "severity": "error", "message": row["problems"][0]}]}
     finally:
         ledger.close()
+
+
+def _history(ledger: Ledger, s: SessionRow, files: list[FileRow],
+             events: list[tuple[float, str, str]], s2p: Suite2pRow | None) -> dict[str, Any]:
+    return {
+        "subject": s.subject, "session": s.session,
+        "state": "quarantined" if s.quarantined else s.state,
+        "quarantine": _quarantine(s),
+        "nwb_path": s.nwb_path, "frames": ledger.frames_committed(s.id),
+        "start_time": s.start_time, "start_source": s.start_source,
+        "timestamps": s.timestamps_source or "as acquired (not finalized yet)",
+        "layout": PageLayout.from_json(s.layout).describe() if s.layout else None,
+        "series": _series_frames(s, ledger.frames_committed(s.id)),
+        "validation": CheckSummary.from_json(s.validation).short() if s.validation else None,
+        "suite2p": _suite2p(s2p),
+        "validation_messages": (CheckSummary.from_json(s.validation).messages
+                                if s.validation else []),
+        "files": [{"path": f.path, "state": f.state, "frames": f.frames,
+                   "first_frame": f.first_frame, "size": f.size, "error": f.error}
+                  for f in files],
+        "problems": [{"code": p.code, "file": p.file, "message": p.message,
+                      "severity": p.severity, "active": bool(p.active),
+                      "since": _iso(p.first_at)}
+                     for p in ledger.problems(s.id, active_only=False)],
+        "events": [{"at": _iso(at), "stage": st, "message": m}
+                   for at, st, m in events],
+        "rate_hz": PageLayout.from_json(s.layout).series_rate if s.layout else None,
+        "timings": _timings(s, files, events, s2p),
+    }
 
 
 def _timings(s: SessionRow, files: list[FileRow], events: list[tuple[float, str, str]],
@@ -203,7 +252,7 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
-ACTIVE_STATES = ("acquiring", "paused", "waiting")
+ACTIVE_STATES = ("quarantined", "acquiring", "paused", "waiting")
 
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

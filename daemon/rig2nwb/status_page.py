@@ -331,6 +331,7 @@ word-break:break-all;margin-top:2px;max-width:26em}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12px;font-weight:600}
 .s-acquiring{background:#ddf4ff;color:#0550ae}.s-finished{background:#dafbe1;color:#116329}
 .s-paused{background:#fff8c5;color:#7d4e00}.s-waiting{background:#eaeef2;color:#57606a}
+.s-quarantined{background:#ffebe9;color:#82071e;font-weight:600}
 .good{color:#116329;font-weight:600}.bad{color:#cf222e;font-weight:600}.muted{color:#57606a}
 .small{font-size:12px;color:#57606a}.nowrap{white-space:nowrap}
 th.msgcol{min-width:20em}

@@ -46,6 +46,7 @@ from rig2nwb.ledger import Ledger, SessionRow, Suite2pRow
 from rig2nwb.logs import get_logger
 from rig2nwb.nwbwriter import compression_args, is_lock_error
 from rig2nwb.pagelayout import PageLayout
+from rig2nwb.quarantine import describe, is_session_error, quarantine_session
 from rig2nwb.suite2p_folder import (
     Suite2pPlane,
     Suite2pProblem,
@@ -145,9 +146,17 @@ class Suite2pStage:
         rows = self.ledger.suite2p_rows()
         queued = []
         for sess in self.ledger.sessions():
-            if sess.state != "finished" or not sess.nwb_created:
+            if sess.state != "finished" or not sess.nwb_created or sess.quarantined:
                 continue
-            if self._survey_one(sess, rows.get(sess.id)):
+            try:
+                ready = self._survey_one(sess, rows.get(sess.id))
+            except Exception as exc:  # this session's folder, not the survey of the others
+                if not is_session_error(exc):
+                    raise
+                quarantine_session(self.ledger, self.log, sess, "looking at its suite2p folder",
+                                   describe(exc), exc=exc)
+                continue
+            if ready:
                 self.queued.add(sess.id)
                 self.queue.put((sess.id, False))
                 queued.append(sess.id)

@@ -22,9 +22,13 @@ from types import FrameType
 from rig2nwb import sdnotify
 from rig2nwb.logs import get_logger
 
+# How the previous worker ended (set for the next one; read by quarantine.py).
+PREVIOUS_EXIT_ENV = "RIG2NWB_PREVIOUS_WORKER_EXIT"
+
 RESTART_CODE = 75  # EX_TEMPFAIL: "start me again"
 CONFIG_ERROR_CODE = 2
 ALREADY_RUNNING_CODE = 3  # another daemon owns the state folder
+LEDGER_DAMAGED_CODE = 4  # the ledger fails integrity_check: restarting cannot help
 MAX_BACKOFF_SECONDS = 60.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that ran this long resets the backoff
 
@@ -51,18 +55,19 @@ def supervise(worker_argv: list[str]) -> int:
     # waiting to restart one, never while a worker runs, so a hung worker loop is restarted.
     keepalive = sdnotify.Keepalive(sdnotify.watchdog_seconds(), extend_start=False)
     backoff = 1.0
+    previous_exit: str | None = None  # how the last worker ended, when it did not end cleanly
     while True:
         started = time.monotonic()
         keepalive.beat(force=True)  # the new worker's imports and start-up get a full interval
-        child = _spawn(worker_argv)
+        child = _spawn(worker_argv, previous_exit)
         rc = _wait(child)
         ran = time.monotonic() - started
         if stopping:
             return 0 if rc in (0, -signal.SIGTERM) else rc
         if rc == 0:
             return 0  # the worker decided to stop (e.g. its own signal handling)
-        if rc == CONFIG_ERROR_CODE:
-            return rc  # a bad config does not get better by restarting
+        if rc in (CONFIG_ERROR_CODE, LEDGER_DAMAGED_CODE):
+            return rc  # a bad config or a damaged ledger does not get better by restarting
         if rc == ALREADY_RUNNING_CODE:
             return 1  # a second daemon on the same state folder: the worker said so
         if ran >= HEALTHY_AFTER_SECONDS:
@@ -73,6 +78,9 @@ def supervise(worker_argv: list[str]) -> int:
             delay = backoff
             backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
         reason = "requested a restart" if rc == RESTART_CODE else f"exited with code {rc}"
+        # The next worker counts this death against the session its predecessor was working
+        # on (quarantine.py): a session that kills every worker is quarantined, not retried.
+        previous_exit = describe_exit(rc)
         log.warning("worker stopped; starting a new one", stage="supervisor", reason=reason,
                     ran_seconds=round(ran, 1), restart_in_seconds=delay)
         sdnotify.notify(f"STATUS=worker {reason}, restarting in {delay:g} s")
@@ -85,12 +93,27 @@ def supervise(worker_argv: list[str]) -> int:
             return 0
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+def describe_exit(rc: int) -> str:
+    """``killed by SIGKILL`` / ``exit code 1`` / ``restart requested after a failed write``."""
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    if rc == RESTART_CODE:
+        return "restart requested after a failed write"
+    return f"exit code {rc}"
+
+
+def _spawn(argv: list[str], previous_exit: str | None = None) -> subprocess.Popen[bytes]:
     kwargs: dict[str, object] = {}
     if sys.platform == "win32":
         # Its own process group, so CTRL_BREAK_EVENT reaches only the worker (a clean stop).
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
     env = {**os.environ, "RIG2NWB_SUPERVISOR_PID": str(os.getpid())}
+    env.pop(PREVIOUS_EXIT_ENV, None)
+    if previous_exit:
+        env[PREVIOUS_EXIT_ENV] = previous_exit
     return subprocess.Popen(argv, env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
