@@ -21,10 +21,11 @@ from rig2nwb.convert import resolve_session_folder
 from rig2nwb.engine import Engine
 from rig2nwb.ledger import Ledger, SessionRow
 from rig2nwb.quarantine import quarantine_text
+from rig2nwb.rigfs import is_rig_dir
 from rig2nwb.service import AlreadyRunning, ledger_path, lock_state, open_verified
-from rig2nwb.suite2p_folder import fingerprint
+from rig2nwb.suite2p_folder import fingerprint, suite2p_link_problem
 from rig2nwb.suite2p_nwb import AttachSummary
-from rig2nwb.suite2p_stage import Suite2pStage, digest, suite2p_folder
+from rig2nwb.suite2p_stage import Suite2pStage, digest, suite2p_folder, suite2p_root
 from rig2nwb.validation import CheckSummary
 
 POLL_SECONDS = 0.2
@@ -39,7 +40,7 @@ class AttachResult:
 def find_session(cfg: Config, ledger: Ledger, folder: Path) -> SessionRow:
     """The one session whose TIFFs lie in ``folder`` (or below it)."""
     scope = resolve_session_folder(cfg, folder)
-    root = cfg.rig.root.resolve()
+    root = cfg.rig.root
     found = []
     for sess in ledger.sessions():
         files = ledger.files(sess.id)
@@ -55,22 +56,32 @@ def find_session(cfg: Config, ledger: Ledger, folder: Path) -> SessionRow:
     return found[0]
 
 
-def precheck(cfg: Config, ledger: Ledger, sess: SessionRow) -> AttachResult | None:
-    """The answer when there is nothing to write (None: there is work to do)."""
+def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
+             complete: bool = True) -> AttachResult | None:
+    """The answer when there is nothing to write (None: there is work to do). ``complete``:
+    also answer for an incomplete folder here (without the daemon, the attach itself looks, and
+    records in the ledger what it saw, as the daemon's survey would)."""
     if sess.quarantined:
         return AttachResult(False, quarantine_text(sess))
     if sess.state != "finished" or not sess.nwb_created:
         return AttachResult(False, f"session {sess.session} is not finished yet (state: "
                             f"{sess.state}); suite2p results are attached to finished sessions")
     where = suite2p_folder(cfg, ledger, sess)
-    if where is None or not where.is_dir():
+    if where is None:
+        return AttachResult(False, f"session {sess.session} has no TIFF folder in the ledger")
+    root = suite2p_root(cfg, where)
+    refused = suite2p_link_problem(where, root)
+    if refused is not None:
+        return AttachResult(False, refused)
+    if not is_rig_dir(root, where):
         return AttachResult(False, f"no suite2p folder at {where} (suite2p.folder = "
                             f"{cfg.suite2p.folder!r}); run suite2p on the session first")
-    missing = Suite2pStage.missing(where)
+    missing = Suite2pStage.missing(where, root) if complete else ""
     if missing:
         return AttachResult(False, f"{where}: suite2p output incomplete: {missing}")
     row = ledger.suite2p(sess.id)
-    if row is not None and row.state == "attached" and row.attached == digest(fingerprint(where)):
+    if row is not None and row.state == "attached" and row.attached == digest(
+            fingerprint(where, root)):
         if cfg.output.check_files and sess.validation is None:
             return None  # attached, but its check is still to come: wait for it
         return _result(ledger, sess.id, "already attached")
@@ -91,7 +102,7 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> Attach
         raise
     try:
         sess = find_session(cfg, ledger, folder)
-        early = precheck(cfg, ledger, sess)
+        early = precheck(cfg, ledger, sess, complete=False)
         if early is not None:
             return early
         engine = Engine(cfg, ledger)

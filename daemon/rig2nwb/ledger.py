@@ -241,9 +241,6 @@ class RequestRow:
     answer: str | None
 
 
-# Tables every ledger has had since the first release (a read-only reader of a ledger from an
-# older release, before the daemon added the newer tables, must still work).
-TABLES = ("sessions", "series", "files", "problems", "suite2p", "events", "meta")
 SESSION_STATES = frozenset({"waiting", "acquiring", "paused", "finished"})
 FILE_STATES = frozenset({"waiting", "appending", "committed", "failed", "vanished",
                          "out_of_order"})
@@ -282,13 +279,9 @@ class Ledger:
                 problems = _integrity(db)
                 if problems:
                     raise LedgerDamaged(damaged_message(path, "; ".join(problems[:3])))
-            have = {str(r[0]) for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")}
-            missing = sorted(set(TABLES) - have)
-            if have and missing:
-                # Creating them empty would forget what was committed (and duplicate frames).
-                raise LedgerDamaged(damaged_message(
-                    path, f"table(s) {', '.join(missing)} missing: not a ledger rig2nwb wrote"))
+            lost = _lost_tables(db)
+            if lost:
+                raise LedgerDamaged(damaged_message(path, lost))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
@@ -314,11 +307,8 @@ class Ledger:
         problems = self.integrity_problems()
         if not problems:
             with self._lock:
-                have = {str(r[0]) for r in self._db.execute(
-                    "SELECT name FROM sqlite_master WHERE type='table'")}
-            missing = sorted(set(TABLES) - have)
-            if missing:
-                problems = [f"table(s) {', '.join(missing)} missing: not a ledger rig2nwb wrote"]
+                lost = _lost_tables(self._db)
+            problems = [lost] if lost else []
         if problems:
             raise LedgerDamaged(damaged_message(self.path, "; ".join(problems[:3])))
 
@@ -745,6 +735,21 @@ class Ledger:
     def delete_meta(self, key: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM meta WHERE key=?", (key,))
+
+
+def _lost_tables(db: sqlite3.Connection) -> str | None:
+    """The tables that say what was committed (series, files) are missing while sessions say
+    NWB files were made: creating them empty would forget what is in those files (and append
+    their frames again). A ledger from before a table existed has no such sessions."""
+    have = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing = sorted({"series", "files"} - have)
+    if not missing or "sessions" not in have:
+        return None
+    made = db.execute("SELECT COUNT(*) FROM sessions WHERE nwb_created").fetchone()[0]
+    if not made:
+        return None
+    return (f"table(s) {', '.join(missing)} missing although {made} session(s) have NWB files: "
+            "what was committed is unknown")
 
 
 def _integrity(db: sqlite3.Connection) -> list[str]:
