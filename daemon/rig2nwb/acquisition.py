@@ -7,6 +7,7 @@ header disagrees with the pages, the pages win and the disagreement is returned 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,17 @@ import numpy as np
 
 from rig2nwb.config import Config
 from rig2nwb.pagelayout import PageLayout
+from rig2nwb.rigfs import FileId
 from rig2nwb.scanimage import RATE_TOLERANCE, ScanImageInfo, frame_data, read_scanimage
+from rig2nwb.tiffs import TiffProblem
+
+# What a header may claim before the file is refused (nothing is allocated or looped over for a
+# claim beyond these): ScanImage saves at most 4 channels; fast-z volumes have tens of planes.
+MAX_PLANES = 128
+MAX_CHANNELS = 8
+MAX_FRAMES_PER_SLICE = 10_000
+MAX_FLYBACK_FRAMES = 128
+MAX_FRAME_RATE_HZ = 100_000.0  # resonant scanners: ~30 kHz line rates, frames far below
 
 
 @dataclass(frozen=True)
@@ -25,11 +36,13 @@ class FileAcquisition:
     warnings: tuple[str, ...]  # without the file name: the same for every file of a run
 
 
-def read_acquisition(path: Path, cfg: Config) -> FileAcquisition:
+def read_acquisition(path: Path, cfg: Config, *, root: Path | None = None,
+                     expect: FileId | None = None) -> FileAcquisition:
     """The acquisition facts of one complete TIFF.
 
-    Raises TiffProblem (from the ScanImage reader) when the file cannot be read."""
-    si = read_scanimage(path)
+    Raises TiffProblem when the file cannot be read or its header claims what cannot be
+    (more planes or channels than any rig has, a layout that cannot exist)."""
+    si = read_scanimage(path, root=root, expect=expect)
     if si is None:
         im = cfg.imaging
         return FileAcquisition(PageLayout(
@@ -37,7 +50,8 @@ def read_acquisition(path: Path, cfg: Config) -> FileAcquisition:
             frames_per_slice=1, flyback_frames=im.flyback_frames, frame_rate=im.frame_rate,
             source="config.toml [imaging]"), None, None, ())
     warnings = [f"ScanImage header: {w}" for w in si.warnings]
-    numbers, times = frame_data(path)
+    _check_claims(path, si)
+    numbers, times = frame_data(path, root=root, expect=expect)
     channels = si.channels_saved or (1,)
     per_frame = _pages_per_frame(numbers)
     if per_frame is not None and per_frame != len(channels):
@@ -51,18 +65,45 @@ def read_acquisition(path: Path, cfg: Config) -> FileAcquisition:
     rate = _frame_rate(si, _measured_rate(numbers, times))
     if rate is None:
         rate = cfg.imaging.frame_rate
-        warnings.append(f"no frame rate in the ScanImage header or its pages; using "
-                        f"imaging.frame_rate = {rate:g} Hz from config.toml")
-    layout = PageLayout(channels=channels, planes=planes, frames_per_slice=per_slice,
-                        flyback_frames=flyback, frame_rate=rate,
-                        source=f"ScanImage {si.version} header of {path.name}")
+        stated = "" if si.frame_rate is None else f" (it says {si.frame_rate!r} Hz)"
+        warnings.append(f"no usable frame rate in the ScanImage header{stated} or its pages; "
+                        f"using imaging.frame_rate = {rate:g} Hz from config.toml")
+    try:
+        layout = PageLayout(channels=channels, planes=planes, frames_per_slice=per_slice,
+                            flyback_frames=flyback, frame_rate=rate,
+                            source=f"ScanImage {si.version} header of {path.name}")
+    except ValueError as exc:
+        raise TiffProblem("bad_header", f"{path.name}: the ScanImage header describes a page "
+                          f"layout that cannot exist ({exc}); not appended") from None
     return FileAcquisition(layout, si, times, tuple(warnings))
+
+
+def _check_claims(path: Path, si: ScanImageInfo) -> None:
+    """Refuse a header whose numbers no rig produces, before anything is built from them (a
+    10 KB file claiming 200,000 slices must not make 200,000 series)."""
+    claims = (("slices", si.n_slices, MAX_PLANES), ("channels", len(si.channels_saved), MAX_CHANNELS),
+              ("frames per slice", si.frames_per_slice, MAX_FRAMES_PER_SLICE),
+              ("flyback frames per volume", si.flyback_frames, MAX_FLYBACK_FRAMES))
+    for what, value, most in claims:
+        if value > most:
+            raise TiffProblem("bad_header", f"{path.name}: the ScanImage header claims {value:,} "
+                              f"{what}, more than the {most:,} rig2nwb accepts; not appended")
+    if any(c < 1 or c > 64 for c in si.channels_saved):
+        raise TiffProblem("bad_header", f"{path.name}: the ScanImage header saves channel(s) "
+                          f"{list(si.channels_saved)[:8]}, not channel numbers; not appended")
+
+
+def _usable_rate(rate: float | None) -> float | None:
+    """A frame rate a layout can use: positive and finite (a header's 0 or NaN is no rate)."""
+    if rate is None or not math.isfinite(rate) or not 0 < rate <= MAX_FRAME_RATE_HZ:
+        return None
+    return rate
 
 
 def _frame_rate(si: ScanImageInfo, measured: float | None) -> float | None:
     """The header's scanFrameRate unless the per-frame timestamps contradict it (then they win;
     the reader already warned). Slow stacks pause between slices, so only the header counts."""
-    stated = si.frame_rate
+    stated, measured = _usable_rate(si.frame_rate), _usable_rate(measured)
     if measured is None or (si.n_slices > 1 and not si.fastz_enabled):
         return stated
     if stated is None or abs(measured / stated - 1) > RATE_TOLERANCE:

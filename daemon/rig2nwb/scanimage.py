@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from rig2nwb.tiffs import TiffProblem, open_tiff, os_problem, stat_readable
+from rig2nwb.rigfs import FileId
+from rig2nwb.tiffs import TiffProblem, open_tiff, os_problem
 
 RATE_TOLERANCE = 0.05  # relative difference between scanFrameRate and measured frame times
 PROBE_PAGES = 8  # pages whose per-frame data are read to measure the frame period
@@ -65,9 +66,10 @@ class _Raw:  # what is read from the file; parsed afterwards, outside the I/O er
     roi_groups: dict[str, Any] | None
 
 
-def read_scanimage(path: Path) -> ScanImageInfo | None:
+def read_scanimage(path: Path, *, root: Path | None = None,
+                   expect: FileId | None = None) -> ScanImageInfo | None:
     """None for a TIFF that is not ScanImage. Raises TiffProblem for unreadable files."""
-    with _open(path) as tf:
+    with _open(path, root, expect) as tf:
         first, n = tf.pages.first, len(tf.pages)
         if not first.is_scanimage:  # the page's own test: the file's is switched off (open_tiff)
             return None
@@ -78,25 +80,24 @@ def read_scanimage(path: Path) -> ScanImageInfo | None:
     return _parse_si3(raw) if raw.descriptions[0].startswith("state.") else _parse_si(raw)
 
 
-def frame_timestamps(path: Path) -> np.ndarray | None:
+def frame_timestamps(path: Path, *, root: Path | None = None) -> np.ndarray | None:
     """Per-page ``frameTimestamps_sec`` (float64 s), NaN for a page without one; None when no page
     has one (ScanImage 3.x, or not ScanImage)."""
-    return _per_page(path, "frameTimestamps_sec", np.float64, math.nan)
+    return _per_page(path, "frameTimestamps_sec", np.float64, math.nan, root)
 
 
-def frame_numbers(path: Path) -> np.ndarray | None:
+def frame_numbers(path: Path, *, root: Path | None = None) -> np.ndarray | None:
     """Per-page ``frameNumbers`` (int64; the pages of several channels share a number), -1 for a
     page without one; None when no page has one."""
-    return _per_page(path, "frameNumbers", np.int64, -1)
+    return _per_page(path, "frameNumbers", np.int64, -1, root)
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tifffile.TiffFile]:
+def _open(path: Path, root: Path | None = None,
+          expect: FileId | None = None) -> Iterator[tifffile.TiffFile]:
     """The TIFF opened for streaming (no TiffPage objects kept); failures as TiffProblem."""
-    if stat_readable(path).st_size == 0:
-        raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
-        with open_tiff(path) as tf:
+        with open_tiff(path, root=root, expect=expect) as tf:
             tf.pages.cache = False
             if len(tf.pages) == 0:  # tifffile only warns when the first IFD offset is invalid
                 raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
@@ -124,11 +125,12 @@ def _description(tf: tifffile.TiffFile, i: int) -> str:
     return page.description if isinstance(page, tifffile.TiffPage) else ""
 
 
-def frame_data(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+def frame_data(path: Path, *, root: Path | None = None,
+               expect: FileId | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(frame_numbers(path), frame_timestamps(path)) in one pass over the page headers."""
     num = re.compile(r"^frameNumbers\s*=\s*([-+.\deE]+)\s*$", re.MULTILINE)
     ts = re.compile(r"^frameTimestamps_sec\s*=\s*([-+.\deE]+)\s*$", re.MULTILINE)
-    with _open(path) as tf:
+    with _open(path, root, expect) as tf:
         n = len(tf.pages)
         numbers, stamps = np.full(n, -1, dtype=np.int64), np.full(n, math.nan)
         for i in range(n):
@@ -141,11 +143,12 @@ def frame_data(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
             stamps if np.isfinite(stamps).any() else None)
 
 
-def _per_page(path: Path, key: str, dtype: type[np.generic], fill: float) -> np.ndarray | None:
+def _per_page(path: Path, key: str, dtype: type[np.generic], fill: float,
+              root: Path | None = None) -> np.ndarray | None:
     # A regex, not matlabstr2py: the per-frame description is a flat 'key = value' list, and the
     # regex costs ~3 us a page where matlabstr2py costs ~60 (parsing the page itself ~80).
     pattern = re.compile(rf"^{key}\s*=\s*([-+.\deE]+)\s*$", re.MULTILINE)
-    with _open(path) as tf:
+    with _open(path, root) as tf:
         out = np.full(len(tf.pages), fill, dtype=dtype)
         found = False
         for i in range(len(out)):

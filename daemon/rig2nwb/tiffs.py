@@ -1,8 +1,10 @@
 """Reading the rig's TIFFs: a cheap completeness check and bounded-memory page streaming.
 
-Rig files are opened read-only and never modified. Pages are streamed in batches so memory stays
-flat whatever the file size (``tifffile.memmap`` cannot be used: ScanImage pages are not
-contiguous, and ``imread`` of a whole file holds it all in RAM).
+Rig files are opened read-only, through rigfs (no links, no FIFOs, the file that was looked at),
+and never modified. Pages are streamed in batches sized in bytes so memory stays flat whatever
+the file size (``tifffile.memmap`` cannot be used: ScanImage pages are not contiguous, and
+``imread`` of a whole file holds it all in RAM). A frame is checked against the memory budget
+before any pixel is decoded: a small compressed file can declare gigabytes of pixels.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import errno
 import os
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +21,12 @@ from typing import Any
 
 import numpy as np
 import tifffile
+
+from rig2nwb.rigfs import FileId, UnsafeRigPath, open_rig_file
+
+# A frame larger than this is refused before it is decoded (``frame_limit`` narrows it to the
+# configured memory budget): 64 MB is a 4096 x 8192 int16 frame.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 class TiffProblem(Exception):
@@ -39,13 +48,23 @@ class TiffInfo:
     size: int
     mtime_ns: int
     datetime_tag: datetime | None
+    file_id: FileId | None = None  # the version that was inspected (device, inode, size, mtime)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.shape[0] * self.shape[1] * np.dtype(self.dtype).itemsize
 
 
 FULL_PARSE_EVERY = 64  # pages between full header parses (plus the last page)
 
 
-def inspect_tiff(path: Path) -> TiffInfo:
+def inspect_tiff(path: Path, *, root: Path | None = None, expect: FileId | None = None,
+                 max_frame_bytes: int = MAX_FRAME_BYTES) -> TiffInfo:
     """Check, without decoding pixels, that a TIFF is complete and holds uniform 2-D frames.
+
+    ``root``: the folder it must lie in, reached without links (default: its own folder);
+    ``expect``: the version that was looked at (see rigfs). A frame over ``max_frame_bytes`` is
+    refused before anything is decoded.
 
     A TIFF still being written (or truncated for good) fails here: tifffile happily lists pages
     whose data runs past the end of the file, so the data-extent check is what proves
@@ -53,11 +72,9 @@ def inspect_tiff(path: Path) -> TiffInfo:
     per 4 GB); each uncompressed page must hold exactly one frame's bytes, and every 64th page
     and the last get a full header parse, which catches a different shape or type.
     """
-    st = stat_readable(path)
-    if st.st_size == 0:
-        raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
     try:
-        with open_tiff(path) as tf:
+        with open_tiff(path, root=root, expect=expect) as tf:
+            st = os.fstat(tf.filehandle.fileno())
             tf.pages.cache = False
             tf.pages.useframes = True
             n = len(tf.pages)
@@ -73,6 +90,11 @@ def inspect_tiff(path: Path) -> TiffInfo:
                     "frames (RGB or tiled stacks are not supported)"
                 )
             frame_bytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
+            if frame_bytes > max_frame_bytes:
+                raise TiffProblem("too_large", f"{path.name}: frames of {shape[0]} x {shape[1]} "
+                                  f"{dtype} ({frame_bytes / 2**20:,.0f} MiB each) are larger than "
+                                  f"the {max_frame_bytes / 2**20:,.0f} MiB a frame may have "
+                                  "(append.memory_mb / 4); not read")
             uncompressed = first.compression == 1
             dt_tag = _datetime_tag(first)
             end = 0
@@ -111,7 +133,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
     except Exception as exc:  # tifffile raises many types for damaged files
         raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
     return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns,
-                    dt_tag)
+                    dt_tag, FileId.of(st))
 
 
 def _chain_end(tf: tifffile.TiffFile, n: int) -> int:
@@ -165,20 +187,43 @@ def _mixed(path: Path, i: int, what: str, shape: tuple[int, ...], dtype: Any) ->
                        f"{dtype} (pages of mixed shape or type)")
 
 
-def open_tiff(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF so that its real IFD chain is listed.
+@contextmanager
+def open_tiff(path: Path, *, root: Path | None = None,
+              expect: FileId | None = None) -> Iterator[tifffile.TiffFile]:
+    """Open a rig TIFF safely (rigfs) so that its real IFD chain is listed.
 
     For classic (non-Big) TIFFs that look like ScanImage <= 2015, tifffile otherwise *computes*
     the page list from the first pages' spacing and the file size ("virtual frames"): pages
     whose descriptions differ in length are then silently missed, and a file still being written
-    looks complete. Walking the chain costs a little time and never loses a page."""
-    return tifffile.TiffFile(path, is_scanimage=False)
+    looks complete. Walking the chain costs a little time and never loses a page.
+
+    Refusals (a link, a FIFO, another file than ``expect``) come as TiffProblem; OSError as
+    the OS raised it."""
+    try:
+        fh = open_rig_file(path.parent if root is None else root, path, expect=expect)
+    except UnsafeRigPath as exc:
+        raise TiffProblem(exc.code, exc.message, transient=exc.transient) from None
+    try:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
+        with tifffile.TiffFile(fh, is_scanimage=False, name=path.name) as tf:
+            yield tf
+    finally:
+        fh.close()
 
 
-def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.ndarray]:
+def batch_frames(frame_bytes: int, budget_bytes: int, most: int) -> int:
+    """Frames per batch: at most ``most``, and a batch in flight (the decoded pages, the copies
+    that split them into series and the compressed chunks: about four times the batch) within
+    ``budget_bytes``. At least one."""
+    return max(1, min(most, budget_bytes // max(1, 4 * frame_bytes)))
+
+
+def read_batches(path: Path, start: int, stop: int, batch: int, *, root: Path | None = None,
+                 expect: FileId | None = None) -> Iterator[np.ndarray]:
     """Yield pages ``start`` .. ``stop-1`` as arrays of shape (n, rows, cols), n <= batch."""
     try:
-        with open_tiff(path) as tf:
+        with open_tiff(path, root=root, expect=expect) as tf:
             tf.pages.cache = False
             tf.pages.useframes = True
             shape = tf.pages.first.shape[-2:]
@@ -196,12 +241,13 @@ def read_batches(path: Path, start: int, stop: int, batch: int) -> Iterator[np.n
         raise TiffProblem("unreadable", f"{path.name}: reading pages failed ({exc})") from exc
 
 
-def stat_readable(path: Path) -> os.stat_result:
+def stat_readable(path: Path, *, root: Path | None = None) -> os.stat_result:
+    """The file's stat, proving that it may be read (stat alone does not), through rigfs."""
     try:
-        st = path.stat()
-        with open(path, "rb"):  # proves we may read it (stat alone does not)
-            pass
-        return st
+        with open_rig_file(path.parent if root is None else root, path) as fh:
+            return os.fstat(fh.fileno())
+    except UnsafeRigPath as exc:
+        raise TiffProblem(exc.code, exc.message, transient=exc.transient) from None
     except OSError as exc:
         raise os_problem(path, exc) from exc
 
