@@ -8,6 +8,7 @@ against the folder that holds the config file, so the same file works from any w
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import re
 import tomllib
@@ -95,6 +96,10 @@ class AppendConfig(_Section):
     chunk_frames: int = Field(1, ge=1)
     # gzip only: threads that compress chunks in parallel; 0 = one per CPU the process may use.
     compress_threads: int = Field(0, ge=0, le=256)
+    # What one file's append may hold in memory (MiB): batches are sized in bytes from it (a
+    # batch in flight is about four times its frames), and a frame over a quarter of it is
+    # refused before it is decoded. batch_frames stays the most frames in a batch.
+    memory_mb: int = Field(256, ge=16, le=65_536)
 
 
 class ServiceConfig(_Section):
@@ -404,6 +409,30 @@ def config_warnings(cfg: Config) -> list[str]:
         out.append("session.timezone is not set, so the rig's clock times (TIFF DateTime tags, "
                    "the ScanImage epoch, file times) are taken as UTC; set it to the rig's zone "
                    "(e.g. 'Europe/Berlin'), or a rig in another zone gets wrong start times")
+    out += _collision_warnings(cfg.output.nwb_name)
+    return out
+
+
+def _collision_warnings(nwb_name: str) -> list[str]:
+    """``{subject}_{session}.nwb`` maps ``mouse1_2024``/``01_05`` and ``mouse1``/``2024_01_05`` to
+    one file: placeholders separated by nothing, or by characters that names commonly hold, can
+    collide. rig2nwb refuses the second session (nothing is overwritten); this says so early."""
+    import string
+
+    parts = list(string.Formatter().parse(nwb_name))
+    out = []
+    for (_, first, _, _), (between, second, _, _) in itertools.pairwise(parts):
+        if first is None or second is None:
+            continue
+        if not between.strip("_-. "):
+            how = (f"are separated only by '{between}', which names may hold too" if between
+                   else "are not separated")
+            out.append(f"output.nwb_name {nwb_name!r}: {{{first}}} and {{{second}}} {how}, so "
+                       f"two sessions can map to one "
+                       f"file (e.g. '{'a' + (between or '') + 'b'}' + 'c' and 'a' + "
+                       f"'{'b' + (between or '') + 'c'}'); rig2nwb then refuses the second "
+                       "session. A distinctive separator (as in sub-{subject}_ses-{session}.nwb) "
+                       "avoids it")
     return out
 
 
@@ -423,16 +452,65 @@ _FRIENDLY = {
 }
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TOML_NESTING = 32  # arrays and inline tables inside each other; real files use 2 or 3
+
+
+def toml_nesting(text: str) -> int:
+    """How deep arrays and inline tables nest in a TOML text (strings and comments skipped).
+    tomllib recurses per level, so a few thousand ``[`` raise RecursionError: checked first."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c in "\"'":
+            triple = text.startswith(c * 3, i)
+            quote = c * 3 if triple else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                i += 2 if (c == '"' and text[i] == "\\") else 1
+            i += len(quote)
+            continue
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """tomllib, after refusing what would make it recurse without bound (ValueError)."""
+    if toml_nesting(text) > MAX_TOML_NESTING:
+        raise ValueError(f"arrays or tables nested more than {MAX_TOML_NESTING} levels deep")
+    try:
+        return tomllib.loads(text)
+    except RecursionError:  # pragma: no cover - toml_nesting guards it
+        raise ValueError("nested too deeply") from None
+
+
 def load_config(path: Path | str = DEFAULT_CONFIG, *, check_paths: bool = True) -> Config:
     """Read and validate a config file, raising ConfigError listing every problem."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), [f"larger than {MAX_CONFIG_BYTES:,} bytes: is it the "
+                                          "right file?"])
+        raw = parse_toml(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    except ValueError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
     return validate_config(raw, base=path.resolve().parent, source=str(path), check_paths=check_paths)
 

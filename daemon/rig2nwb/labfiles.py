@@ -9,13 +9,13 @@ wrong onsets or stimuli. Rig files are only read.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rig2nwb.config import ScanConfig, TrialsConfig
+from rig2nwb.rigfs import UnsafeRigPath, read_rig_bytes
 
 _TO_SECONDS = {"ms": 1e-3, "s": 1.0}
 SKIPPED = ("", "-")
@@ -52,16 +52,17 @@ class TrialTable:
         return len(self.start_time)
 
 
+MAX_LAB_FILE_BYTES = 64 * 1024 * 1024  # 4 h of 30 Hz onsets is ~5 MB of text
+
+
 def _lines(path: Path, root: Path | None = None) -> list[str]:
-    if root is not None:
-        # A link in the rig folder to a file elsewhere is not the rig's data: never read it.
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(Path(os.path.realpath(root))):
-            raise LabFileProblem(path, "is a symbolic link (or lies in a linked folder) pointing "
-                                 f"outside the rig folder, to {real}; rig2nwb reads nothing "
-                                 "outside rig.root")
+    # Through rigfs: no links (a link to a file elsewhere is not the rig's data), no FIFOs, and
+    # a bounded size.
     try:
-        raw = path.read_bytes()
+        raw = read_rig_bytes(path.parent if root is None else root, path,
+                             max_bytes=MAX_LAB_FILE_BYTES)
+    except UnsafeRigPath as exc:
+        raise LabFileProblem(path, exc.message) from None
     except OSError as exc:
         raise LabFileProblem(path, f"cannot be read ({exc.strerror or exc})") from exc
     try:

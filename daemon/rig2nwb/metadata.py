@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
 
-from rig2nwb.config import Config, DeviceConfig, ImagingConfig, SessionConfig, SubjectConfig
+from rig2nwb.config import (
+    Config,
+    DeviceConfig,
+    ImagingConfig,
+    SessionConfig,
+    SubjectConfig,
+    parse_toml,
+)
+from rig2nwb.rigfs import FolderFilter, UnsafeRigPath, lstat_rig, read_rig_bytes, walk_rig
 
 SIDECAR_NAME = "rig2nwb.toml"
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -75,14 +82,15 @@ def sidecar_paths(cfg: Config, tiff_folder: Path) -> list[Path]:
 
 def sidecar_stamp(cfg: Config, tiff_folder: Path) -> tuple[tuple[str, int, int], ...]:
     """(rig-relative path, size, mtime_ns) of each existing sidecar: changes when one is added,
-    removed or edited (a symlink's target is stat'ed). Never raises for unreadable files."""
+    removed or edited (a link is stat'ed as a link: it is refused when read). Never raises for
+    unreadable files."""
     root = cfg.rig.root
     out = []
     for path in sidecar_paths(cfg, tiff_folder):
         try:
-            st = os.stat(path)
+            st = lstat_rig(root, path)
             out.append((_rel(path, root), st.st_size, st.st_mtime_ns))
-        except OSError:
+        except (OSError, UnsafeRigPath):
             out.append((_rel(path, root), -1, -1))
     return tuple(out)
 
@@ -126,10 +134,7 @@ def _candidates(root: Path, tiff_folder: Path) -> list[Path]:
     root = Path(os.path.normpath(os.path.abspath(root)))
     folder = Path(os.path.normpath(os.path.abspath(tiff_folder)))
     if not folder.is_relative_to(root):
-        real_root, real_folder = Path(os.path.realpath(root)), Path(os.path.realpath(folder))
-        if not real_folder.is_relative_to(real_root):
-            raise ValueError(f"{tiff_folder} is not inside the rig folder {root}")
-        root, folder = real_root, real_folder
+        raise ValueError(f"{tiff_folder} is not inside the rig folder {root}")
     out = [root / SIDECAR_NAME]
     current = root
     for part in folder.relative_to(root).parts:
@@ -146,27 +151,20 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _read_sidecar(path: Path, root: Path, rel: str) -> dict[str, Any]:
-    real = Path(os.path.realpath(path))
-    if not real.is_relative_to(Path(os.path.realpath(root))):
-        raise MetadataProblem(rel, [
-            f"is a symbolic link (or lies in a linked folder) pointing outside the rig folder, "
-            f"to {real}; rig2nwb reads nothing outside rig.root"])
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    # Through rigfs: no links anywhere on the way (a link can be swapped to point elsewhere at
+    # any time), no FIFOs (which would hang the worker), a bounded size and nesting.
     try:
-        st = os.stat(real)
-        if not stat.S_ISREG(st.st_mode):
-            raise MetadataProblem(rel, ["is not a regular file"])
-        if st.st_size > MAX_SIDECAR_BYTES:
-            raise MetadataProblem(rel, [_too_big(st.st_size)])
-        fd = os.open(real, flags)  # non-blocking: a FIFO swapped in cannot hang the daemon
-        with os.fdopen(fd, "rb") as fh:
-            raw = fh.read(MAX_SIDECAR_BYTES + 1)
+        raw = read_rig_bytes(root, path, max_bytes=MAX_SIDECAR_BYTES)
+    except UnsafeRigPath as exc:
+        if exc.code == "too_large":
+            raise MetadataProblem(rel, [_too_big(MAX_SIDECAR_BYTES + 1)]) from None
+        if exc.code == "not_regular":
+            raise MetadataProblem(rel, ["is not a regular file"]) from None
+        raise MetadataProblem(rel, [exc.message.removeprefix(f"{rel} ")]) from None
     except FileNotFoundError:
-        raise MetadataProblem(rel, ["cannot be read: it is a broken symbolic link or vanished"]) from None
+        raise MetadataProblem(rel, ["cannot be read: it vanished"]) from None
     except OSError as exc:
         raise MetadataProblem(rel, [f"cannot be read: {exc.strerror or exc}"]) from None
-    if len(raw) > MAX_SIDECAR_BYTES:
-        raise MetadataProblem(rel, [_too_big(len(raw))])
     try:
         text = raw.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
     except UnicodeDecodeError as exc:
@@ -174,13 +172,15 @@ def _read_sidecar(path: Path, root: Path, rel: str) -> dict[str, Any]:
         raise MetadataProblem(rel, [
             f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"]) from None
     try:
-        return tomllib.loads(text)
+        return parse_toml(text)
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", msg)
         where = f"line {m[2]}: " if m else ""
         detail = f"{m[1]}, column {m[3]}" if m else msg
         raise MetadataProblem(rel, [f"{where}not valid TOML ({detail})"]) from None
+    except ValueError as exc:
+        raise MetadataProblem(rel, [f"not valid TOML here: {exc}"]) from None
 
 
 def _too_big(size: int) -> str:
@@ -318,19 +318,31 @@ MAX_FOLDERS = 10_000
 MAX_LISTED = 20
 
 
-def find_sidecars(root: Path, max_folders: int = MAX_FOLDERS) -> tuple[list[Path], bool]:
-    """Every ``rig2nwb.toml`` under ``root`` (symlinked folders not followed), top-down in name
-    order, and whether the walk stopped at ``max_folders`` folders."""
+def find_sidecars(root: Path, max_folders: int = MAX_FOLDERS,
+                  folders: FolderFilter | None = None) -> tuple[list[Path], bool]:
+    """Every ``rig2nwb.toml`` under ``root`` in the folders the layout can reach (``folders``;
+    default: any folder), never through links, top-down in name order, iteratively (a planted
+    tree 1,200 folders deep is no RecursionError), and whether the walk stopped at
+    ``max_folders`` folders."""
     found: list[Path] = []
-    for count, (dirpath, dirnames, filenames) in enumerate(os.walk(root), start=1):
+    for count, (parts, entries) in enumerate(walk_rig(root, root, folders or _ANY_FOLDER), 1):
         if count > max_folders:
             return found, True
-        dirnames.sort()
-        if SIDECAR_NAME in filenames or SIDECAR_NAME in dirnames:
-            found.append(Path(dirpath) / SIDECAR_NAME)
-        if SIDECAR_NAME in dirnames:
-            dirnames.remove(SIDECAR_NAME)
+        if any(e.name == SIDECAR_NAME and not e.is_dir for e in entries):
+            found.append(root.joinpath(*parts, SIDECAR_NAME))
     return found, False
+
+
+class _AnyFolder(FolderFilter):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.max_depth = 64
+
+    def may_hold(self, rel_parts: list[str]) -> bool:
+        return True
+
+
+_ANY_FOLDER = _AnyFolder()
 
 
 def readiness_report(cfg: Config) -> tuple[list[str], int]:
@@ -359,7 +371,7 @@ def readiness_report(cfg: Config) -> tuple[list[str], int]:
     if not base:
         lines.append(f"  config.toml defaults ({who}): complete")
 
-    sidecars, truncated = find_sidecars(cfg.rig.root)
+    sidecars, truncated = find_sidecars(cfg.rig.root, folders=FolderFilter([cfg.rig.frames]))
     broken: set[str] = set()
     bad_files = 0
     for path in sidecars:
