@@ -29,6 +29,7 @@ import _compat_pickle
 import datetime
 import io
 import math
+import os
 import pathlib
 import pickle
 from collections import OrderedDict
@@ -363,15 +364,37 @@ def _describe(obj: Any) -> str:
     return f"{module}.{name}" if module else str(name)
 
 
-def load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
+# What a pickle may build (nothing in suite2p's files comes near): containers nested at most
+# MAX_DEPTH deep, and at most MAX_ITEMS values when every shared object is counted each time it
+# is reached (a pickle can share one list many times over; code that walks the result, or turns
+# it into JSON, pays the expanded size).
+MAX_DEPTH = 64
+MAX_ITEMS = 20_000_000
+
+
+def _open(path: Path, root: Path | None) -> io.BufferedIOBase:
+    """The file opened for reading: through rigfs when it lies in the rig (``root``)."""
+    if root is None:
+        return open(path, "rb")
+    from rig2nwb.rigfs import UnsafeRigPath, open_rig_file
+
+    try:
+        return cast(io.BufferedIOBase, open_rig_file(root, path))
+    except UnsafeRigPath as exc:
+        raise NpyError(path, exc.message) from None
+
+
+def load_npy(path: Path, *, mmap: bool = False, root: Path | None = None) -> np.ndarray:
     """The array in ``path`` as np.load gives it, without ever running code from the file.
 
-    Plain arrays are loaded by numpy with pickles disabled (memory-mapped read-only when
+    Plain arrays are read by numpy with pickles disabled (memory-mapped read-only when
     ``mmap``); object arrays (suite2p's dicts and lists of dicts) are unpickled by the restricted
-    unpickler (``mmap`` does not apply to them). Raises NpyError for a damaged/truncated/non-.npy
-    file and UnsafePickle for a pickle that asks for anything but plain data."""
+    unpickler (``mmap`` does not apply to them) and refused beyond MAX_DEPTH / MAX_ITEMS. With
+    ``root`` the file is opened through rigfs (no links, no FIFOs) and read from that handle.
+    Raises NpyError for a damaged/truncated/non-.npy file and UnsafePickle for a pickle that
+    asks for anything but plain data."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115  (closed by the with below)
+        fh = _open(path, root)
     except OSError as e:
         raise NpyError(path, f"cannot be opened ({_reason(e)})") from None
     try:
@@ -383,17 +406,36 @@ def load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
             # Version 3.0 only differs from 2.0 in allowing utf-8 field names in the header.
             read_header = npy_format.read_array_header_1_0 if version == (1, 0) else \
                 npy_format.read_array_header_2_0
-            shape, _fortran, dtype = read_header(fh)
+            shape, fortran, dtype = read_header(fh)
             if dtype.hasobject:
                 return _unpickle_array(path, fh, shape)
+            return _plain_array(path, fh, shape, fortran, dtype, mmap)
     except NpyError:
         raise
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise NpyError(path, f"damaged .npy header ({_reason(e)})") from None
+
+
+def _plain_array(path: Path, fh: io.BufferedIOBase, shape: tuple[int, ...], fortran: bool,
+                 dtype: np.dtype[Any], mmap: bool) -> np.ndarray:
+    """A numeric array read from the open handle (never reopened by name). Memory-mapped: the
+    map holds its own reference to the file, and ``rig_file`` remembers which file it is."""
+    count = math.prod(shape)
+    needed = count * dtype.itemsize
+    start = fh.tell()
+    size = os.fstat(fh.fileno()).st_size
+    if start + needed > size:
+        raise NpyError(path, f"cannot read the array, the file may be truncated or still being "
+                             f"written (the header says {needed:,} bytes of data, the file has "
+                             f"{size - start:,})")
+    order: Literal["C", "F"] = "F" if fortran else "C"
     try:
-        # Empty arrays cannot be memory-mapped; they are also free to read.
-        mmap_mode: Literal["r"] | None = "r" if mmap and math.prod(shape) > 0 else None
-        return cast(np.ndarray, np.load(path, allow_pickle=False, mmap_mode=mmap_mode))
+        if mmap and count > 0:  # empty arrays cannot be memory-mapped; they are free to read
+            arr = np.memmap(fh, dtype=dtype, mode="r", offset=start, shape=shape, order=order)
+            arr.rig_file = (os.fstat(fh.fileno()), start)  # type: ignore[attr-defined]
+            return arr
+        data = np.fromfile(fh, dtype=dtype, count=count)
+        return data.reshape(shape, order=order)
     except (ValueError, OSError, EOFError, MemoryError) as e:
         raise NpyError(path, f"cannot read the array, the file may be truncated or still being "
                              f"written ({_reason(e)})") from None
@@ -415,7 +457,62 @@ def _unpickle_array(path: Path, fh: io.BufferedIOBase, shape: tuple[int, ...]) -
         raise NpyError(path, f"the pickle holds a {type(result).__name__}, not a numpy array")
     if result.shape != tuple(shape):
         raise NpyError(path, f"the header says shape {tuple(shape)} but the pickle holds {result.shape}")
+    problem = structure_problem(result)
+    if problem:
+        raise NpyError(path, f"refused to load: {problem}")
     return result
+
+
+def _children(obj: Any) -> list[Any] | None:
+    """The values inside a container (None for a leaf: numbers, strings, numeric arrays)."""
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, list | tuple | set | frozenset):
+        return list(obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+        return list(obj.flat)
+    return None
+
+
+def structure_problem(root: Any) -> str | None:
+    """Why a loaded structure is refused (None: it is fine): nested deeper than MAX_DEPTH,
+    more than MAX_ITEMS values with shared objects counted each time, or a cycle. Iterative (a
+    list nested 5,000 deep must not raise RecursionError here or anywhere after)."""
+    height: dict[int, int] = {}
+    items: dict[int, int] = {}
+    keep: list[Any] = []  # ids stay valid while the objects are alive
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        obj, done = stack.pop()
+        key = id(obj)
+        if done:
+            inside = _children(obj) or []
+            height[key] = 1 + max((height[id(k)] for k in inside), default=0)
+            items[key] = 1 + sum(items[id(k)] for k in inside)
+            active.discard(key)
+            if height[key] > MAX_DEPTH:
+                return f"its data nest more than {MAX_DEPTH} levels deep"
+            if items[key] > MAX_ITEMS:
+                return (f"its data hold more than {MAX_ITEMS:,} values (counting each shared "
+                        "object every time it is used)")
+            continue
+        if key in height:
+            continue
+        if key in active:
+            return "its data refer to themselves (a cycle)"
+        kids = _children(obj)
+        if kids is None:
+            height[key], items[key] = 0, 1
+            keep.append(obj)
+            continue
+        active.add(key)
+        keep.append(obj)
+        stack.append((obj, True))
+        stack.extend((k, False) for k in kids if id(k) not in height)
+        if len(active) > MAX_DEPTH:
+            return f"its data nest more than {MAX_DEPTH} levels deep"
+    return None
 
 
 def _reason(e: BaseException) -> str:

@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
 import stat as stat_mode
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from rig2nwb.rigfs import Entry, UnsafeRigPath, list_rig_dir, lstat_rig
 from rig2nwb.safepickle import NpyError, UnsafePickle, load_npy
 
 REQUIRED_FILES = ("stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
@@ -109,68 +111,113 @@ class Suite2pPlane:
     warnings: list[str] = field(default_factory=list)       # non-fatal oddities, each naming its file
 
 
-def find_planes(folder: Path) -> list[tuple[int, Path]]:
-    """The plane folders (plane0, plane1, ...) in numeric order; combined/ and anything else are
-    skipped, and so are names suite2p never writes (plane01)."""
+@dataclass(frozen=True)
+class _Files:
+    """Everything read from a suite2p folder goes through rigfs from ``root`` (the rig folder,
+    or a suite2p folder configured outside it): links are never followed (a planted
+    ``suite2p`` link to a folder elsewhere is not read), FIFOs never opened."""
+
+    root: Path
+
+    def lstat(self, path: Path) -> os.stat_result | None:
+        try:
+            return lstat_rig(self.root, path)
+        except (OSError, UnsafeRigPath):
+            return None
+
+    def is_file(self, path: Path) -> bool:
+        st = self.lstat(path)
+        return st is not None and stat_mode.S_ISREG(st.st_mode)
+
+    def is_dir(self, path: Path) -> bool:
+        st = self.lstat(path)
+        return st is not None and stat_mode.S_ISDIR(st.st_mode)
+
+    def entries(self, folder: Path) -> list[Entry]:
+        try:
+            return list_rig_dir(self.root, folder, limit=MAX_FOLDER_ENTRIES)
+        except (OSError, UnsafeRigPath):
+            return []
+
+    def load(self, path: Path, *, mmap: bool = False) -> np.ndarray:
+        try:
+            return load_npy(path, mmap=mmap, root=self.root)
+        except UnsafePickle as e:  # its problem says what was refused and that nothing ran
+            raise _RefusedFile(path, e.problem) from None
+        except NpyError as e:
+            raise Suite2pProblem(path, e.problem) from None
+
+    def load_dict(self, path: Path) -> dict[str, Any]:
+        arr = self.load(path)
+        if arr.dtype != object or arr.shape != () or not isinstance(arr.item(), dict):
+            raise Suite2pProblem(path, f"holds a {arr.dtype} array of shape {arr.shape}, not the dict "
+                                       "suite2p saves there")
+        return dict(arr.item())
+
+
+MAX_FOLDER_ENTRIES = 10_000  # a suite2p plane folder holds about 20 files
+
+
+def _files(folder: Path, root: Path | None) -> _Files:
+    return _Files(folder if root is None else root)
+
+
+def suite2p_link_problem(folder: Path, root: Path) -> str | None:
+    """Why ``folder`` is not read (a link, or inside a linked folder), or None."""
     try:
-        entries = list(folder.iterdir())
+        st = lstat_rig(root, folder)
+    except UnsafeRigPath as exc:
+        return exc.message
     except OSError:
-        return []
-    planes = [(int(m.group(1)), p) for p in entries
-              if (m := _PLANE_NAME.fullmatch(p.name)) is not None and p.is_dir()]
+        return None
+    if stat_mode.S_ISLNK(st.st_mode):
+        return (f"{folder} is a symbolic link; rig2nwb reads nothing through links in the rig "
+                "folder (configure an absolute suite2p.folder for results kept elsewhere)")
+    return None
+
+
+def find_planes(folder: Path, root: Path | None = None) -> list[tuple[int, Path]]:
+    """The plane folders (plane0, plane1, ...) in numeric order; combined/ and anything else are
+    skipped, and so are names suite2p never writes (plane01) and links."""
+    planes = [(int(m.group(1)), folder / e.name) for e in _files(folder, root).entries(folder)
+              if (m := _PLANE_NAME.fullmatch(e.name)) is not None and e.is_dir]
     return sorted(planes)
 
 
-def _ops_files(plane_dir: Path) -> dict[str, Path] | None:
+def _ops_files(plane_dir: Path, files: _Files) -> dict[str, Path] | None:
     """The complete 1.x set (name -> file) if there is one, else {"ops.npy": file}, else None."""
     found: dict[str, Path] = {}
     for name in OPS_SETS[1]:
         places = (plane_dir, plane_dir.parent) if name in SHARED_OPS_FILES else (plane_dir,)
-        path = next((d / name for d in places if (d / name).is_file()), None)
+        path = next((d / name for d in places if files.is_file(d / name)), None)
         if path is not None:
             found[name] = path
     if len(found) == len(OPS_SETS[1]):
         return found
-    if (plane_dir / "ops.npy").is_file():
+    if files.is_file(plane_dir / "ops.npy"):
         return {"ops.npy": plane_dir / "ops.npy"}
     return None
 
 
-def missing_files(plane_dir: Path) -> list[str]:
+def missing_files(plane_dir: Path, root: Path | None = None) -> list[str]:
     """Required files missing from the plane folder, plus the ops set when neither is complete."""
-    missing = [name for name in REQUIRED_FILES if not (plane_dir / name).is_file()]
-    if _ops_files(plane_dir) is None:
+    files = _files(plane_dir.parent, root)
+    missing = [name for name in REQUIRED_FILES if not files.is_file(plane_dir / name)]
+    if _ops_files(plane_dir, files) is None:
         missing.append(OPS_DESCRIPTION)
     return missing
 
 
-def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+def fingerprint(folder: Path, root: Path | None = None) -> tuple[tuple[str, int, int], ...]:
     """(path relative to folder, size, mtime_ns) of every regular file in each plane folder and of
     the top-level .npy files, sorted: it changes whenever suite2p (re)writes anything we read. A
-    file that vanishes while we look is left out."""
-    rows: list[tuple[str, int, int]] = []
-
-    def add(path: Path) -> None:
-        try:
-            st = path.stat()
-        except OSError:
-            return
-        if stat_mode.S_ISREG(st.st_mode):
-            rows.append((path.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
-
-    try:
-        top = list(folder.iterdir())
-    except OSError:
-        return ()
-    for path in top:
-        if path.suffix == ".npy":
-            add(path)
-    for _, plane_dir in find_planes(folder):
-        try:
-            for path in plane_dir.iterdir():
-                add(path)
-        except OSError:
-            continue
+    file that vanishes while we look is left out; so are links."""
+    files = _files(folder, root)
+    rows = [(e.name, e.st.st_size, e.st.st_mtime_ns) for e in files.entries(folder)
+            if e.is_file and e.name.endswith(".npy")]
+    for _, plane_dir in find_planes(folder, root):
+        rows += [(f"{plane_dir.name}/{e.name}", e.st.st_size, e.st.st_mtime_ns)
+                 for e in files.entries(plane_dir) if e.is_file]
     return tuple(sorted(rows))
 
 
@@ -179,23 +226,6 @@ def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
 
 class _RefusedFile(Suite2pProblem):
     """A file whose pickle was refused: never downgraded to a warning, not even for a fallback."""
-
-
-def _load(path: Path, *, mmap: bool = False) -> np.ndarray:
-    try:
-        return load_npy(path, mmap=mmap)
-    except UnsafePickle as e:  # its problem says what was refused and that nothing ran
-        raise _RefusedFile(path, e.problem) from None
-    except NpyError as e:
-        raise Suite2pProblem(path, e.problem) from None
-
-
-def _load_dict(path: Path) -> dict[str, Any]:
-    arr = _load(path)
-    if arr.dtype != object or arr.shape != () or not isinstance(arr.item(), dict):
-        raise Suite2pProblem(path, f"holds a {arr.dtype} array of shape {arr.shape}, not the dict suite2p "
-                                   "saves there")
-    return dict(arr.item())
 
 
 class _Facts:
@@ -220,12 +250,12 @@ class _Facts:
         return ", ".join(p.name for p, _ in self.sources)
 
 
-def _read_facts(plane_dir: Path, warnings: list[str]) -> tuple[str, _Facts]:
-    files = _ops_files(plane_dir)
+def _read_facts(plane_dir: Path, warnings: list[str], reader: _Files) -> tuple[str, _Facts]:
+    files = _ops_files(plane_dir, reader)
     if files is None:
         raise Suite2pProblem(plane_dir / "ops.npy", f"missing: the plane folder has neither {OPS_SETS[0][0]} "
                                                     f"nor all of {', '.join(OPS_SETS[1])}")
-    sources = [(path, _load_dict(path)) for path in files.values()]
+    sources = [(path, reader.load_dict(path)) for path in files.values()]
     if "ops.npy" in files:
         ops = sources[0][1]
         # 1.x writes a merged ops.npy with its nested settings sections; 0.14's is flat.
@@ -240,10 +270,10 @@ def _read_facts(plane_dir: Path, warnings: list[str]) -> tuple[str, _Facts]:
                                            if files[n].parent == plane_dir]
     # Fallbacks only: a damaged one is a warning (an unsafe one is still refused loudly).
     for path in extra:
-        if not path.is_file():
+        if not reader.is_file(path):
             continue
         try:
-            sources.append((path, _load_dict(path)))
+            sources.append((path, reader.load_dict(path)))
         except _RefusedFile:
             raise
         except Suite2pProblem as e:
@@ -284,12 +314,12 @@ def _size(facts: _Facts, key: str, images_shape: tuple[int, ...] | None, axis: i
     return size
 
 
-def _traces(path: Path, *, required: bool) -> np.ndarray | None:
-    if not path.is_file():
+def _traces(path: Path, reader: _Files, *, required: bool) -> np.ndarray | None:
+    if not reader.is_file(path):
         if required:
             raise Suite2pProblem(path, "missing (suite2p may still be running)")
         return None
-    arr = _load(path, mmap=True)
+    arr = reader.load(path, mmap=True)
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
         raise Suite2pProblem(path, f"holds a {arr.dtype} array of shape {arr.shape}, not (ROIs, frames) "
                                    "numbers")
@@ -302,12 +332,32 @@ def read_rows(arr: np.ndarray, a: int, b: int) -> np.ndarray:
     grows by the whole file), while a read leaves them to the page cache."""
     filename = getattr(arr, "filename", None)
     if isinstance(arr, np.memmap) and filename and arr.flags.c_contiguous and arr.ndim == 2:
-        row_bytes = arr.shape[1] * arr.dtype.itemsize
-        with open(filename, "rb") as fh:
-            fh.seek(arr.offset + a * row_bytes)
-            out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * arr.shape[1])
-        return out.reshape(b - a, arr.shape[1])
+        fh = _reopen_same(filename, getattr(arr, "rig_file", None))
+        if fh is not None:
+            row_bytes = arr.shape[1] * arr.dtype.itemsize
+            with fh:
+                fh.seek(arr.offset + a * row_bytes)
+                out = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * arr.shape[1])
+            return out.reshape(b - a, arr.shape[1])
     return np.asarray(arr[a:b])
+
+
+def _reopen_same(filename: str, origin: tuple[os.stat_result, int] | None) -> BinaryIO | None:
+    """The mapped file opened again by name, only if it is still the very file that was mapped
+    (no link followed, no FIFO waited on, same device and inode); None otherwise, and the caller
+    reads through the map."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(
+        os, "O_BINARY", 0)
+    try:
+        fd = os.open(filename, flags)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if origin is None or (st.st_dev, st.st_ino) != (origin[0].st_dev, origin[0].st_ino) or (
+            not stat_mode.S_ISREG(st.st_mode)):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def _nonfinite_warning(path: Path, arr: np.ndarray) -> str | None:
@@ -329,13 +379,13 @@ def _nonfinite_warning(path: Path, arr: np.ndarray) -> str | None:
             "(kept as they are)")
 
 
-def _pairs(path: Path, n_rois: int, *, required: bool) -> np.ndarray | None:
+def _pairs(path: Path, n_rois: int, reader: _Files, *, required: bool) -> np.ndarray | None:
     """iscell.npy / redcell.npy: (nROI, 2) flag and probability."""
-    if not path.is_file():
+    if not reader.is_file(path):
         if required:
             raise Suite2pProblem(path, "missing (suite2p may still be running)")
         return None
-    arr = _load(path)
+    arr = reader.load(path)
     if arr.shape != (n_rois, 2) or arr.dtype.kind not in "fiub":
         raise Suite2pProblem(path, f"holds a {arr.dtype} array of shape {arr.shape}, expected ({n_rois}, 2) "
                                    f"for the {n_rois} ROIs of F.npy")
@@ -351,12 +401,18 @@ def _pixels(path: Path, roi: int, key: str, value: Any) -> np.ndarray:
     raise Suite2pProblem(path, f"ROI {roi}: {key} holds {arr.dtype} values, not pixel indices")
 
 
-def _masks(path: Path, n_rois: int, Ly: int, Lx: int,
-           warnings: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    stat = _load(path)
+# Bytes each pixel-mask entry costs while the masks are built and written (y, x as int64,
+# weight as float32, and the compound row hdmf writes): what the memory budget is checked with.
+MASK_ENTRY_BYTES = 40
+
+
+def _masks(path: Path, n_rois: int, Ly: int, Lx: int, warnings: list[str], reader: _Files,
+           budget: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    stat = reader.load(path)
     if stat.ndim != 1 or len(stat) != n_rois:
         raise Suite2pProblem(path, f"holds {stat.shape[0] if stat.ndim else 0} ROIs (shape {stat.shape}) but "
                                    f"F.npy has {n_rois}")
+    _check_mask_sizes(path, stat, Ly, Lx, budget)
     ypix: list[np.ndarray] = []
     xpix: list[np.ndarray] = []
     lam: list[np.ndarray] = []
@@ -490,22 +546,48 @@ def _count(facts: _Facts, key: str, default: int, warnings: list[str]) -> int:
     return int(number)
 
 
-def load_plane(index: int, plane_dir: Path) -> Suite2pPlane:
+def _check_mask_sizes(path: Path, stat: np.ndarray, Ly: int, Lx: int, budget: int) -> None:
+    """Count the pixel-mask entries before anything is built from them: an ROI cannot have more
+    pixels than the frame, and all of them together must fit the memory budget (a 12 MB
+    stat.npy whose 2,000 ROIs share one pickled 1M-pixel array would need 22 GiB)."""
+    area = Ly * Lx
+    total = 0
+    for i, roi in enumerate(stat):
+        if not isinstance(roi, dict):
+            continue  # said by the caller
+        n = max((int(np.asarray(roi.get(k)).size) for k in ("ypix", "xpix", "lam")
+                 if roi.get(k) is not None), default=0)
+        if n > area:
+            raise Suite2pProblem(path, f"ROI {i} has {n:,} pixels, more than the {Ly} x {Lx} "
+                                       f"frame has ({area:,}); not loaded")
+        total += n
+    if total * MASK_ENTRY_BYTES > budget:
+        raise Suite2pProblem(path, f"its {len(stat):,} ROIs have {total:,} pixel-mask entries in "
+                                   f"all, about {total * MASK_ENTRY_BYTES / 2**30:.1f} GiB to "
+                                   f"build, more than the memory budget (append.memory_mb = "
+                                   f"{budget // 2**20}); not loaded")
+
+
+def load_plane(index: int, plane_dir: Path, root: Path | None = None, *,
+               budget: int = 256 * 2**20) -> Suite2pPlane:
     """Load and check one plane folder. Every problem is a Suite2pProblem naming the file (never
-    a bare numpy or pickle error); an unsafe pickle is one too, with the refusal as message."""
-    missing = missing_files(plane_dir)
+    a bare numpy or pickle error); an unsafe pickle is one too, with the refusal as message.
+    ``root``: where links stop being followed (see _Files); ``budget``: bytes the pixel masks
+    may take while being built."""
+    reader = _files(plane_dir.parent, root)
+    missing = missing_files(plane_dir, root)
     if missing:
         raise Suite2pProblem(plane_dir / missing[0], f"missing (suite2p may still be running); all missing: "
                                                      f"{', '.join(missing)}")
     warnings: list[str] = []
-    style, facts = _read_facts(plane_dir, warnings)
+    style, facts = _read_facts(plane_dir, warnings, reader)
 
-    F = _traces(plane_dir / "F.npy", required=True)
+    F = _traces(plane_dir / "F.npy", reader, required=True)
     assert F is not None
     n_rois, nframes = F.shape
     traces: dict[str, np.ndarray | None] = {"F.npy": F}
     for name in ("Fneu.npy", "spks.npy", "F_chan2.npy", "Fneu_chan2.npy"):
-        arr = _traces(plane_dir / name, required=name in REQUIRED_FILES)
+        arr = _traces(plane_dir / name, reader, required=name in REQUIRED_FILES)
         if arr is not None and arr.shape != F.shape:
             raise Suite2pProblem(plane_dir / name,
                                  f"has shape {arr.shape} (ROIs, frames) but F.npy has {F.shape}")
@@ -515,9 +597,9 @@ def load_plane(index: int, plane_dir: Path) -> Suite2pPlane:
         warnings.append(f"{plane_dir / have}: present without its partner "
                         f"{'Fneu_chan2.npy' if have == 'F_chan2.npy' else 'F_chan2.npy'}")
 
-    iscell = _pairs(plane_dir / "iscell.npy", n_rois, required=True)
+    iscell = _pairs(plane_dir / "iscell.npy", n_rois, reader, required=True)
     assert iscell is not None
-    redcell = _pairs(plane_dir / "redcell.npy", n_rois, required=False)
+    redcell = _pairs(plane_dir / "redcell.npy", n_rois, reader, required=False)
 
     image_shape = None
     mean = facts.find("meanImg")
@@ -525,7 +607,7 @@ def load_plane(index: int, plane_dir: Path) -> Suite2pPlane:
         image_shape = np.asarray(mean[0]).shape
     Ly = _size(facts, "Ly", image_shape, 0, plane_dir)
     Lx = _size(facts, "Lx", image_shape, 1, plane_dir)
-    ypix, xpix, lam = _masks(plane_dir / "stat.npy", n_rois, Ly, Lx, warnings)
+    ypix, xpix, lam = _masks(plane_dir / "stat.npy", n_rois, Ly, Lx, warnings, reader, budget)
 
     recorded = _number(facts.find("nframes"), "nframes", warnings)
     if recorded is not None and recorded != nframes:

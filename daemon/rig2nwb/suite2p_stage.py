@@ -19,7 +19,9 @@ States of a session's suite2p row:
   attaching   the results are being written into a copy of the file (the original is untouched)
   staged      the copy with the new results is complete; renaming it over the file is pending
   attached    the results in the NWB file are those of the files with fingerprint ``attached``
-  stale       the session got new frames after attaching; looked at again once it is finished
+  stale       (written by versions before 0.2) the session got new frames after attaching
+A session that gets new frames after attaching keeps its results (attached, with a warning that
+they cover fewer frames); a suite2p rerun on the whole session replaces them.
 A change of the files after attaching (re-curation in the suite2p GUI, a rerun) is seen as a new
 fingerprint and goes through settling and ready again; the new results replace the old ones.
 """
@@ -47,6 +49,7 @@ from rig2nwb.logs import get_logger
 from rig2nwb.nwbwriter import compression_args, is_lock_error
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.quarantine import describe, is_session_error, quarantine_session
+from rig2nwb.rigfs import UnsafeRigPath, is_rig_dir, split_inside
 from rig2nwb.suite2p_folder import (
     Suite2pPlane,
     Suite2pProblem,
@@ -54,6 +57,7 @@ from rig2nwb.suite2p_folder import (
     fingerprint,
     load_plane,
     missing_files,
+    suite2p_link_problem,
 )
 from rig2nwb.suite2p_nwb import (
     AttachError,
@@ -92,6 +96,16 @@ def tiff_folder(cfg: Config, ledger: Ledger, sess: SessionRow) -> Path | None:
     if not files:
         return None
     return cfg.rig.root / PurePosixPath(files[0].path).parent
+
+
+def suite2p_root(cfg: Config, folder: Path) -> Path:
+    """Where links stop being followed for a suite2p folder: the rig folder when it lies in it;
+    a folder configured (absolute) elsewhere is the admin's choice and its own root."""
+    try:
+        split_inside(cfg.rig.root, folder)
+    except UnsafeRigPath:
+        return folder
+    return cfg.rig.root
 
 
 def suite2p_folder(cfg: Config, ledger: Ledger, sess: SessionRow) -> Path | None:
@@ -164,14 +178,22 @@ class Suite2pStage:
 
     def _survey_one(self, sess: SessionRow, row: Suite2pRow | None) -> bool:
         folder = suite2p_folder(self.cfg, self.ledger, sess)
-        if folder is None or not folder.is_dir():
-            return False  # no suite2p output (yet); the status shows none
+        if folder is None:
+            return False
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
-        missing = self.missing(folder)
+        root = suite2p_root(self.cfg, folder)
+        refused = suite2p_link_problem(folder, root)
+        if refused is not None:
+            if row is None or row.state != "problem" or row.detail != refused:
+                self._fail(sess, folder, "", refused, log)
+            return False
+        if not is_rig_dir(root, folder):
+            return False  # no suite2p output (yet); the status shows none
+        missing = self.missing(folder, root)
         if missing:
             self._set(sess, row, folder, "incomplete", missing, log)
             return False
-        fp = fingerprint(folder)
+        fp = fingerprint(folder, root)
         fp_digest = digest(fp)
         if row is not None and row.state in ("attached", "staged") and row.attached == fp_digest:
             return False
@@ -192,12 +214,12 @@ class Suite2pStage:
         return True
 
     @staticmethod
-    def missing(folder: Path) -> str:
+    def missing(folder: Path, root: Path) -> str:
         """What is missing for the folder to be complete ("" when nothing)."""
-        planes = find_planes(folder)
+        planes = find_planes(folder, root)
         if not planes:
             return f"{folder}: no plane folders (plane0, plane1, ...) yet"
-        parts = [f"{d.name}: {', '.join(m)}" for _, d in planes if (m := missing_files(d))]
+        parts = [f"{d.name}: {', '.join(m)}" for _, d in planes if (m := missing_files(d, root))]
         return ("missing " + "; ".join(parts)) if parts else ""
 
     def _set(self, sess: SessionRow, row: Suite2pRow | None, folder: Path, state: str,
@@ -215,13 +237,19 @@ class Suite2pStage:
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
         folder = suite2p_folder(self.cfg, self.ledger, sess)
         row = self.ledger.suite2p(sess.id)
-        if folder is None or not folder.is_dir():
+        if folder is None:
+            return AttachOutcome("waiting", "the session has no TIFF folder in the ledger")
+        root = suite2p_root(self.cfg, folder)
+        refused = suite2p_link_problem(folder, root)
+        if refused is not None:
+            return self._fail(sess, folder, "", refused, log)
+        if not is_rig_dir(root, folder):
             return AttachOutcome("waiting", f"no suite2p folder at {folder}")
-        missing = self.missing(folder)
+        missing = self.missing(folder, root)
         if missing:
             self._set(sess, row, folder, "incomplete", missing, log)
             return AttachOutcome("waiting", f"{folder}: suite2p output incomplete: {missing}")
-        fp_before = digest(fingerprint(folder))
+        fp_before = digest(fingerprint(folder, root))
         if row is not None and row.state == "attached" and row.attached == fp_before:
             summary = AttachSummary.from_json(row.summary) if row.summary else None
             return AttachOutcome("unchanged", "already attached"
@@ -231,12 +259,12 @@ class Suite2pStage:
             planes, targets = self._load(sess, folder)
         except (Suite2pProblem, AttachError) as exc:
             return self._fail(sess, folder, fp_before, str(exc), log)
-        if digest(fingerprint(folder)) != fp_before:
+        if digest(fingerprint(folder, root)) != fp_before:
             self._set(sess, row, folder, "settling", "files changed while being read", log,
-                      seen=digest(fingerprint(folder)), seen_at=time.time())
+                      seen=digest(fingerprint(folder, root)), seen_at=time.time())
             return AttachOutcome("settling", f"{folder}: files changed while being read; "
                                  "attaching once they stop changing")
-        short = self._space_problem(nwb, folder)
+        short = self._space_problem(nwb, folder, root)
         if short:
             return self._fail(sess, folder, fp_before, short, log)
         self.ledger.set_suite2p(sess.id, folder=str(folder), state="attaching",
@@ -257,7 +285,7 @@ class Suite2pStage:
             if is_lock_error(exc):
                 return AttachOutcome("busy", f"{nwb.name} is open in another program; will retry")
             raise
-        if digest(fingerprint(folder)) != fp_before:  # rewritten during the write
+        if digest(fingerprint(folder, root)) != fp_before:  # rewritten during the write
             discard_work_copy(nwb)
             self._set(sess, None, folder, "settling", "files changed while being attached", log,
                       seen=None)
@@ -289,13 +317,13 @@ class Suite2pStage:
         if self.ledger.report_problem(sess.id, WARNING, text, str(folder), severity="warning"):
             log.warning("suite2p folder warnings", file=str(folder), problem=text)
 
-    def _space_problem(self, nwb: Path, folder: Path) -> str:
+    def _space_problem(self, nwb: Path, folder: Path, root: Path) -> str:
         """The attach needs room for a copy of the file plus the results (about the size of the
         suite2p traces, and as much again for dF/F) on top of output.min_free_mb."""
         try:
             size = nwb.stat().st_size
-            traces = sum(f.stat().st_size for f in folder.glob("plane*/*.npy")
-                         if f.name.startswith(("F", "spks")))
+            traces = sum(n for rel, n, _ in fingerprint(folder, root)
+                         if "/" in rel and rel.split("/")[1].startswith(("F", "spks")))
             free = shutil.disk_usage(nwb.parent).free
         except OSError:
             return ""  # unknown: the write itself will tell
@@ -312,6 +340,7 @@ class Suite2pStage:
         self.ledger.set_suite2p(sess.id, folder=str(folder), state="attached",
                                 detail=summary.short())
         self.ledger.clear_problem(sess.id, PROBLEM, str(folder))
+        self.ledger.clear_problem(sess.id, "suite2p_partial")  # these cover the whole session
         verb = "replaced" if replaced else "attached"
         self.ledger.add_event(sess.id, "suite2p", f"suite2p {verb}: {summary.short()} in "
                               f"{summary.seconds:g} s from {folder}")
@@ -332,13 +361,15 @@ class Suite2pStage:
         if not sess.layout:
             raise AttachError(f"{Path(sess.nwb_path).name}: the session has no recorded layout")
         layout = PageLayout.from_json(sess.layout)
-        found = find_planes(folder)
+        root = suite2p_root(self.cfg, folder)
+        found = find_planes(folder, root)
         indices = [i for i, _ in found]
         if indices != list(range(layout.planes)):
             raise AttachError(
                 f"{folder}: suite2p planes {', '.join(f'plane{i}' for i in indices)} do not match "
                 f"the session's {layout.planes} plane(s) (plane0..plane{layout.planes - 1})")
-        planes = [load_plane(i, d) for i, d in found]
+        budget = self.cfg.append.memory_mb * 2**20
+        planes = [load_plane(i, d, root, budget=budget) for i, d in found]
         targets = []
         with h5py.File(sess.nwb_path, "r") as f:
             for plane in planes:

@@ -38,6 +38,7 @@ MAX_SAMPLED_FRAMES = 500
 MAX_PLANES = 3
 TRACE_CELLS = 5
 READ_BLOCK = 32  # frames per read when every frame is used
+READ_BYTES = 64 * 2**20  # and at most this much of them as float64 (large frames: fewer)
 ROI_BLOCK = 64  # dF/F columns per read when ranking ROIs
 PLOT_POINTS = 3000  # a longer trace is drawn as its min/max envelope of this many points
 FIG_SIZE = (16.0, 10.0)
@@ -205,9 +206,10 @@ def _plane_image(f: Any, s: Series) -> PlaneImage:
         return PlaneImage(s.plane, s.name, 0, None, 0, np.zeros(0), np.zeros(0))
     total = np.zeros(data.shape[1:], dtype=np.float64)
     means = np.empty(len(idx), dtype=np.float64)
-    if len(idx) == n:  # every frame: read contiguous blocks
-        for a in range(0, n, READ_BLOCK):
-            block = np.asarray(data[a:a + READ_BLOCK], dtype=np.float64)
+    if len(idx) == n:  # every frame: read contiguous blocks (within READ_BYTES as float64)
+        step = max(1, min(READ_BLOCK, READ_BYTES // (8 * max(1, int(np.prod(data.shape[1:]))))))
+        for a in range(0, n, step):
+            block = np.asarray(data[a:a + step], dtype=np.float64)
             total += block.sum(axis=0)
             means[a:a + len(block)] = block.mean(axis=(1, 2))
     else:  # evenly spaced single frames, in file order
