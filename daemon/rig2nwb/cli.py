@@ -14,11 +14,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rig2nwb import __version__
 from rig2nwb.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from rig2nwb.errors import LedgerDamaged
+from rig2nwb.layout import printable
 from rig2nwb.logs import setup_from_config
 
 
@@ -67,6 +68,9 @@ def _load(path: Path, *, check_paths: bool = True) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every message on the terminal is printable (see layout.printable)."""
+    sys.stdout = _Printable(sys.stdout)
+    sys.stderr = _Printable(sys.stderr)
     args = _parser().parse_args(argv)
     config_path: Path | None = getattr(args, "config", None)
     if config_path is None:
@@ -88,6 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the last line of defence: one line here, the traceback in the log
         return _internal_error(exc)
+
+
+class _Printable:
+    """A text stream that shows control characters other than newline and tab as escapes: a
+    name or file name from the rig (``\\x1b[2J``) cannot clear the terminal or set its title."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return int(self._stream.write("\n".join(
+            "\t".join(printable(part) for part in line.split("\t"))
+            for line in text.split("\n"))))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _internal_error(exc: BaseException) -> int:

@@ -34,6 +34,7 @@ Which event makes which message (``Decision``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -47,6 +48,7 @@ from urllib.parse import quote
 
 from rig2nwb import __version__
 from rig2nwb.config import Config, ConfigError, NotifyConfig, NotifyKind, SecretProblem
+from rig2nwb.layout import printable
 from rig2nwb.ledger import EventRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.pagelayout import PageLayout
@@ -492,7 +494,16 @@ def _check_coming(engine: Engine, sess: SessionRow) -> bool:
 def format_message(cfg: Config, ledger: Ledger, ev: EventRow, kind: Kind,
                    facts: EventRow) -> Notification:
     """The title and body of one notification (``facts``: the finalize/suite2p event of a
-    converted/suite2p message, else ``ev``)."""
+    converted/suite2p message, else ``ev``). Names and file names come from the rig: the title
+    is one line and no line carries a control character (a newline in a name must not forge a
+    line, an ESC must not reach a terminal that shows the message)."""
+    note = _format_message(cfg, ledger, ev, kind, facts)
+    return dataclasses.replace(note, title=printable(note.title), body="\n".join(
+        printable(line) for line in note.body.split("\n")))
+
+
+def _format_message(cfg: Config, ledger: Ledger, ev: EventRow, kind: Kind,
+                    facts: EventRow) -> Notification:
     head = f"rig2nwb {cfg.rig.name}:"
     sess = ledger.session_by_id(ev.session_id) if ev.session_id is not None else None
     if sess is None:

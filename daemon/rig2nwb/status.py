@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rig2nwb.config import Config
+from rig2nwb.layout import printable
 from rig2nwb.ledger import FileRow, Ledger, ProblemRow, SessionRow, Suite2pRow
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.service import ledger_path
@@ -105,7 +106,8 @@ def _unreadable_row(s: SessionRow, exc: Exception, global_problems: list[str]) -
     return {
         "subject": str(s.subject), "session": str(s.session), "site": str(s.site or ""),
         "state": "quarantined" if s.quarantined else str(s.state), "frames": 0, "series": {},
-        "files": 0, "files_committed": 0, "files_failed": 0, "source_bytes": 0, "nwb_path": str(s.nwb_path), "nwb_bytes": 0,
+        "files": 0, "files_committed": 0, "files_failed": 0, "source_bytes": 0,
+        "nwb_path": str(s.nwb_path), "nwb_bytes": 0,
         "start_time": None, "timestamps": "unknown", "last_update": None, "finished_at": None,
         "problems": [why, *global_problems], "warnings": [], "validation": None,
         "validation_ok": None, "validation_counts": None, "suite2p": None, "rate_hz": None,
@@ -338,6 +340,9 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None,
         body.append([r["subject"], r["session"], r["state"], frames_cell(r), files_cell(r),
                      human_size(r["nwb_bytes"]), rate_cell(r), local_time(r["last_update"], tz),
                      _suite2p_cell(r["suite2p"]), check_cell(r), _clip(last, 90)])
+    # Names and messages come from the rig folder: nothing unprintable reaches the terminal.
+    body = [[printable(str(c)) for c in row] for row in body]
+    footer = printable(footer)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]

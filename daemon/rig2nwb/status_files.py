@@ -40,12 +40,12 @@ def picture_folder(cfg: Config) -> Path:
 
 def summary_png(cfg: Config, subject: str, session: str) -> Path:
     """The per-session summary picture (made when the session finishes and after suite2p)."""
-    return picture_folder(cfg) / f"{_safe(subject)}_{_safe(session)}.summary.png"
+    return picture_folder(cfg) / f"{_safe(subject, '_')}_{_safe(session)}.summary.png"
 
 
 def preview_png(cfg: Config, subject: str, session: str) -> Path:
     """The live preview (mean of the most recent frames) while the session is acquiring."""
-    return picture_folder(cfg) / f"{_safe(subject)}_{_safe(session)}.preview.png"
+    return picture_folder(cfg) / f"{_safe(subject, '_')}_{_safe(session)}.preview.png"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -63,9 +63,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _safe(name: str) -> str:
+def _safe(name: str, also: str = "") -> str:
     """Subject and session names are already checked to be safe path parts by the watcher; this
     keeps a stray separator from escaping the folder. Percent-encoding (``%`` included) keeps
-    distinct names distinct: ``C:`` and ``C_`` must not share a picture."""
-    unsafe = '/\\:*?"<>|%\0'
+    distinct names distinct: ``C:`` and ``C_`` must not share a picture. The subject also
+    encodes ``_`` (``also``), the separator before the session: ``m1_x``/``s1`` and
+    ``m1``/``x_s1`` get two pictures, not one."""
+    unsafe = '/\\:*?"<>|%\0' + also
     return "".join(f"%{ord(c):02X}" if c in unsafe or c < " " else c for c in name) or "%00"

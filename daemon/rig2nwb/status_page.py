@@ -32,6 +32,7 @@ from urllib.parse import quote
 from rig2nwb import __version__
 from rig2nwb.config import Config
 from rig2nwb.engine import Engine
+from rig2nwb.layout import printable
 from rig2nwb.logs import get_logger
 from rig2nwb.status import (
     check_cell,
@@ -150,7 +151,8 @@ def refresh_seconds(cfg: Config) -> int:
 # --- HTML -------------------------------------------------------------------------------------
 
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    # Control characters from rig file names are no valid HTML text: shown as escapes.
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _clip(text: str, n: int = MAX_MESSAGE_CHARS) -> str:
