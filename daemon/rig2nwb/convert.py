@@ -14,7 +14,7 @@ from rig2nwb.logs import get_logger
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.quarantine import quarantine_text
 from rig2nwb.service import ledger_path, lock_state, open_verified
-from rig2nwb.tiffs import TiffProblem, inspect_tiff
+from rig2nwb.tiffs import TiffProblem
 from rig2nwb.validation import CheckSummary
 
 
@@ -31,11 +31,13 @@ def resolve_session_folder(cfg: Config, folder: Path) -> Path:
         if candidate.is_dir():
             resolved = candidate.resolve()
             try:
-                resolved.relative_to(cfg.rig.root.resolve())
+                inside = resolved.relative_to(cfg.rig.root.resolve())
             except ValueError:
                 raise ValueError(f"{folder} is not inside rig.root ({cfg.rig.root}); "
                                  "patterns are matched relative to rig.root") from None
-            return resolved
+            # Spelled from rig.root (which may itself be a link, the admin's choice): the rig
+            # is then read from there, through rigfs, never through a link below it.
+            return cfg.rig.root / inside
     raise ValueError(f"{folder}: no such folder")
 
 
@@ -128,7 +130,7 @@ def _pending_frames(engine: Engine, ledger: Ledger) -> int:
                 obs.size, obs.mtime_ns):
             continue
         try:
-            info = inspect_tiff(engine.root / rel)
+            info = engine.inspect_file(rel, obs.file_id)
         except TiffProblem as exc:
             engine.inspected[rel] = (obs.size, obs.mtime_ns, exc)
             continue

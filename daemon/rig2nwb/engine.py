@@ -29,15 +29,17 @@ from rig2nwb.acquisition import FileAcquisition, read_acquisition
 from rig2nwb.chunkwriter import resolve_threads
 from rig2nwb.config import Config
 from rig2nwb.labfiles import LabFileProblem, read_scan_file, read_trial_file
-from rig2nwb.layout import Pattern, RunPosition, is_safe_name, run_position
+from rig2nwb.layout import Pattern, RunPosition, is_safe_name, printable, run_position
 from rig2nwb.ledger import FileRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.metadata import MetadataProblem, load_metadata
 from rig2nwb.nwbwriter import (
     NewFile,
     NwbDamaged,
+    NwbExists,
     SessionAppender,
     create_nwb,
+    existing_identifier,
     is_lock_error,
     new_identifier,
     write_trials,
@@ -51,14 +53,25 @@ from rig2nwb.quarantine import (
     quarantine_session,
     quarantine_text,
 )
+from rig2nwb.rigfs import (
+    FileId,
+    FolderFilter,
+    UnsafeRigPath,
+    list_rig_dir,
+    lstat_rig,
+    walk_rig,
+)
 from rig2nwb.sdnotify import heartbeat
 from rig2nwb.status_files import preview_png, summary_png
 from rig2nwb.suite2p_stage import AttachOutcome, Suite2pStage
-from rig2nwb.tiffs import TiffInfo, TiffProblem, inspect_tiff, read_batches
+from rig2nwb.tiffs import TiffInfo, TiffProblem, batch_frames, inspect_tiff, read_batches
 from rig2nwb.validation import CheckRun, CheckSummary
 
 Key = tuple[str, str]  # (subject, session)
 TAIL_CHECK_FRAMES = 8
+# A session waiting for its lab files is said to wait once it has been idle this much longer
+# than completion.session_idle_seconds (the lab's stimulus PC may copy them a little later).
+LAB_FILES_GRACE_SECONDS = 300.0
 TRANSIENT_CODES = frozenset({"unreadable", "io_error", "vanished"})
 WRITER_IDLE_CLOSE_SECONDS = 15.0
 
@@ -75,6 +88,13 @@ class Obs:
     mtime_ns: int
     changed_at: float  # monotonic time of the last observed size/mtime change
     closed: bool = False
+    dev: int = 0
+    ino: int = 0
+
+    @property
+    def file_id(self) -> FileId:
+        """The version of the file that was classified: what is read must be this file."""
+        return FileId(self.dev, self.ino, self.size, self.mtime_ns)
 
 
 @dataclass
@@ -96,26 +116,6 @@ class Stopped(Exception):
     """The engine was asked to stop in the middle of an append (its progress is committed)."""
 
 
-def _rel_folder(root: str, dirpath: str) -> str | None:
-    """``dirpath`` relative to ``root`` with '/' separators ('' for root itself), or None when
-    it is not plainly inside it (the caller then takes the slow, pathlib way)."""
-    if dirpath == root:
-        return ""
-    prefix = os.path.join(root, "")
-    if not dirpath.startswith(prefix):
-        return None
-    return dirpath[len(prefix):].replace(os.sep, "/")
-
-
-def _unchanged(path: str, obs: Obs) -> bool:
-    """Is the file still a regular file (not a symlink) of the size and mtime last seen?"""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (obs.size, obs.mtime_ns)
-
-
 class Engine:
     def __init__(self, cfg: Config, ledger: Ledger, *, convert_scope: Path | None = None,
                  on_frames: Callable[[int], None] | None = None) -> None:
@@ -130,6 +130,8 @@ class Engine:
             if text
         ]
         self.convert_scope = convert_scope
+        self.folders = FolderFilter([cfg.rig.frames, *(text for text in (
+            cfg.rig.scan_file, cfg.rig.trial_file, cfg.rig.end_marker) if text)])
         self.rules = Rules(
             signals=frozenset(cfg.completion.signals),
             settle_seconds=cfg.completion.settle_seconds,
@@ -206,26 +208,27 @@ class Engine:
         start = self.convert_scope or self.root
         seen: set[str] = set()
         lab: dict[Key, LabFiles] = {}
-        root = str(self.root)
-        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-            heartbeat()  # a large rig folder on a slow share is a long but progressing step
-            dirnames.sort()
-            base = _rel_folder(root, dirpath)
-            for name in filenames:
-                if base is not None:
-                    # A known TIFF whose size and mtime did not change needs nothing more: no
-                    # pathlib, no pattern match (a rig folder of 10,000 old files is rescanned
-                    # every 30 s: 170 -> 51 ms of CPU a scan).
-                    rel = f"{base}/{name}" if base else name
-                    obs = self.tiffs.get(rel)
-                    if obs is not None and _unchanged(os.path.join(dirpath, name), obs):
-                        seen.add(rel)
-                        continue
-                full = Path(dirpath, name)
-                rel = full.relative_to(self.root).as_posix()
-                kind = self._classify(rel, full, lab)
-                if kind == "tiff":
+        # Iterative, bounded by what the patterns can reach, never through links (rigfs): a
+        # planted tree 1,200 folders deep or a link to elsewhere costs nothing.
+        for parts, entries in walk_rig(self.root, start, self.folders, stop=self.stop_event.is_set,
+                                       on_folder=heartbeat):
+            base = "/".join(parts)
+            for entry in entries:
+                if entry.is_dir:
+                    continue
+                rel = f"{base}/{entry.name}" if base else entry.name
+                obs = self.tiffs.get(rel)
+                if obs is not None and entry.is_file and (
+                        entry.st.st_size, entry.st.st_mtime_ns, entry.st.st_ino) == (
+                        obs.size, obs.mtime_ns, obs.ino):
+                    # A known TIFF that did not change needs nothing more (a rig folder of
+                    # 10,000 old files is rescanned every 30 s).
                     seen.add(rel)
+                    continue
+                if self._classify(rel, entry.st, lab) == "tiff":
+                    seen.add(rel)
+        if self.stop_event.is_set():
+            return  # a partial walk must not make files look deleted
         for rel in [r for r in self.tiffs if r not in seen]:
             self._forget(rel)
         if self.convert_scope is not None:
@@ -249,16 +252,25 @@ class Engine:
         return mounted or not self.root_was_mount
 
     def _find_lab_files(self, lab: dict[Key, LabFiles]) -> None:
-        """For convert: look up the lab files of the sessions in scope by their patterns."""
+        """For convert: look up the lab files of the sessions in scope by their patterns (a
+        wildcard in a lab-file pattern is listed in its own folder only)."""
         for obs in {o.key: o for o in self.tiffs.values()}.values():
             values = {"subject": obs.key[0], "session": obs.key[1], "site": obs.site}
             if not all(is_safe_name(v) for v in values.values() if v):
                 continue  # never build a path from an unsafe name (reported elsewhere)
             for _, pat in self.lab_pats:
-                rendered = pat.render(**values)
-                for full in sorted(self.root.glob(rendered)):
-                    if full.is_file():
-                        self._classify(full.relative_to(self.root).as_posix(), full, lab)
+                rendered = PurePosixPath(pat.render(**values))
+                folder = rendered.parent.as_posix()
+                if any(c in folder for c in "*?["):
+                    continue
+                try:
+                    entries = list_rig_dir(self.root, folder if folder != "." else self.root)
+                except (OSError, UnsafeRigPath):
+                    continue
+                for entry in entries:
+                    rel = entry.name if folder == "." else f"{folder}/{entry.name}"
+                    if not entry.is_dir:
+                        self._classify(rel, entry.st, lab)
 
     def observe(self, path: Path, kind: str) -> None:
         """Handle one watcher event (created, closed, deleted; a move arrives as deleted + created)."""
@@ -270,8 +282,14 @@ class Engine:
             if rel in self.tiffs:
                 self._forget(rel)
             return
+        try:
+            st = lstat_rig(self.root, rel)
+        except (OSError, UnsafeRigPath):
+            if rel in self.tiffs:
+                self._forget(rel)
+            return
         lab = dict(self.lab)
-        if self._classify(rel, path, lab, closed=(kind == "closed")) == "lab":
+        if self._classify(rel, st, lab, closed=(kind == "closed")) == "lab":
             for key in set(lab) - set(self.lab):
                 self.dirty.add(key)
             for key, v in lab.items():
@@ -279,51 +297,53 @@ class Engine:
                     self.dirty.add(key)
             self.lab = lab
 
-    def _classify(self, rel: str, full: Path, lab: dict[Key, LabFiles], *,
+    def _classify(self, rel: str, st: os.stat_result, lab: dict[Key, LabFiles], *,
                   closed: bool = False) -> str | None:
+        """``st`` is the file's lstat: links and other non-regular files are never taken."""
         values = self.frames_pat.match(rel)
         if values is not None:
-            if not self._inside_root(full):
+            if not stat.S_ISREG(st.st_mode):
+                self._not_regular(rel, st)
                 return None
-            self._update_tiff(rel, full, values, closed)
+            self._update_tiff(rel, st, values, closed)
             return "tiff"
         for kind, pat in self.lab_pats:
             v = pat.match(rel)
-            if v is not None and full.is_file():
+            if v is not None:
+                if not stat.S_ISREG(st.st_mode):
+                    self._not_regular(rel, st)
+                    return None
                 key = (v.get("subject") or self.cfg.rig.subject, v["session"])
                 entry = lab.setdefault(key, LabFiles())
                 lab[key] = LabFiles(**{**entry.__dict__, kind: rel})
                 return "lab"
         return None
 
-    def _inside_root(self, full: Path) -> bool:
-        # A symlink in the rig folder that points elsewhere is not the rig's data.
-        if not full.is_symlink():
-            return True
-        try:
-            full.resolve().relative_to(self.root.resolve())
-            return True
-        except (ValueError, OSError):
-            return False
+    def _not_regular(self, rel: str, st: os.stat_result) -> None:
+        """A name the patterns take that is a link, a FIFO, a device...: reported, never read."""
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        if rel in self.tiffs:
+            self._forget(rel)
+        self._rig_problem("not_regular", rel, f"{rel}: is {what}; rig2nwb reads only regular "
+                          "files in the rig folder (nothing through links)")
 
-    def _update_tiff(self, rel: str, full: Path, values: dict[str, str], closed: bool) -> None:
-        try:
-            st = full.stat()
-        except OSError:
-            if rel in self.tiffs:
-                self._forget(rel)
-            return
+    def _update_tiff(self, rel: str, st: os.stat_result, values: dict[str, str],
+                     closed: bool) -> None:
         key = (values.get("subject") or self.cfg.rig.subject, values["session"])
         old = self.tiffs.get(rel)
         now = time.monotonic()
         if old is None:
             self.tiffs[rel] = Obs(rel, key, values.get("site", ""), run_position(rel), st.st_size,
-                                  st.st_mtime_ns, now, closed)
+                                  st.st_mtime_ns, now, closed, st.st_dev, st.st_ino)
             self.dirty.add(key)
             self.changed.add(rel)
-        elif (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
+        elif (old.size, old.mtime_ns, old.dev, old.ino) != (
+                st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino):
             old.size, old.mtime_ns, old.changed_at, old.closed = (
                 st.st_size, st.st_mtime_ns, now, closed)
+            old.dev, old.ino = st.st_dev, st.st_ino
+            self.inspected.pop(rel, None)
             self.dirty.add(key)
             self.changed.add(rel)
         elif closed and not old.closed:
@@ -347,21 +367,31 @@ class Engine:
         for rel in self.ledger.unresolved_paths():
             values = self.frames_pat.match(rel)
             if rel in self.tiffs and values is not None:
-                self._update_tiff(rel, self.root / rel, values, closed=False)
+                try:
+                    st = lstat_rig(self.root, rel)
+                except (OSError, UnsafeRigPath):
+                    continue  # gone: the next full scan (or its event) says so
+                if stat.S_ISREG(st.st_mode):
+                    self._update_tiff(rel, st, values, closed=False)
+                else:
+                    self._not_regular(rel, st)
         unfinished = {(s.subject, s.session) for s in self.ledger.sessions() if s.state != "finished"}
-        folders = {PurePosixPath(o.rel).parent for o in self.tiffs.values()
+        folders = {PurePosixPath(o.rel).parent.as_posix() for o in self.tiffs.values()
                    if o.key in unfinished} if unfinished else set()  # idle: no walk over all files
         for folder in folders:
-            try:
-                entries = list(os.scandir(self.root / folder))
-            except OSError:
+            def unknown(name: str, folder: str = folder) -> bool:
+                return f"{folder}/{name}" not in self.tiffs
+
+            try:  # only names not known yet cost an lstat (this runs every tick)
+                entries = list_rig_dir(self.root, folder, only=unknown)
+            except (OSError, UnsafeRigPath):
                 continue  # gone or unreachable: the next full scan sorts it out
             for entry in entries:
                 rel = f"{folder}/{entry.name}"
-                if rel not in self.tiffs and entry.is_file():
+                if rel not in self.tiffs and not entry.is_dir:
                     values = self.frames_pat.match(rel)
-                    if values is not None and self._inside_root(Path(entry.path)):
-                        self._update_tiff(rel, Path(entry.path), values, closed=False)
+                    if values is not None:
+                        self._classify(rel, entry.st, {})
 
     # --- planning and acting -----------------------------------------------------------------
 
@@ -630,9 +660,10 @@ class Engine:
         subject, session = key
         folder = str(PurePosixPath(rel).parent)
         if not all(is_safe_name(v) for v in (subject, session, site or "x")):
-            self._rig_problem("unsafe_name", folder, f"{folder}: subject {subject!r}, site "
-                              f"{site!r} or session {session!r} is not a safe name for a file "
-                              "('..', separators, leading or trailing spaces); files ignored")
+            self._rig_problem("unsafe_name", folder, f"{printable(folder)}: subject {subject!r}, "
+                              f"site {site!r} or session {session!r} is not a safe name ('..', "
+                              "separators, leading or trailing spaces, control characters such "
+                              "as newlines or ESC); files ignored")
             return None
         nwb_path = self.cfg.output.folder / self.cfg.output.nwb_name.format(
             subject=subject, session=session, site=site)
@@ -641,10 +672,34 @@ class Engine:
                               f"{folder}: its NWB file {nwb_path.name} would leave the output "
                               "folder; files ignored")
             return None
+        owner = self._output_owner(subject, session, nwb_path)
+        if owner is not None:
+            self._rig_problem("output_taken", folder, f"{folder}: {owner}; its files are "
+                              "ignored (nothing is overwritten). Change output.nwb_name (or the "
+                              "folder names) so that sessions cannot share a file")
+            return None
+        self.ledger.clear_problem(None, "output_taken", folder)
         sess = self.ledger.ensure_session(subject, session, site, str(nwb_path))
         self.ledger.add_event(sess.id, "watch", "session seen")
         self.log.info("new session", stage="watch", subject=subject, session=session)
         return sess
+
+    def _output_owner(self, subject: str, session: str, nwb_path: Path) -> str | None:
+        """The other session that already owns one of this session's output files (NWB file,
+        summary picture, preview), as a sentence; None when they are all free. Compared without
+        case: on Windows and macOS shares, names that differ in case are one file."""
+        mine = {str(nwb_path).casefold(): "NWB file",
+                str(summary_png(self.cfg, subject, session)).casefold(): "summary picture",
+                str(preview_png(self.cfg, subject, session)).casefold(): "preview"}
+        for other in self.ledger.sessions():
+            theirs = (other.nwb_path, summary_png(self.cfg, other.subject, other.session),
+                      preview_png(self.cfg, other.subject, other.session))
+            for path in theirs:
+                what = mine.get(str(path).casefold())
+                if what is not None:
+                    return (f"its {what} {Path(path).name} is already that of session "
+                            f"{printable(other.subject)}/{printable(other.session)}")
+        return None
 
     def _facts(self, sess: SessionRow) -> SessionFacts:
         key = (sess.subject, sess.session)
@@ -697,7 +752,8 @@ class Engine:
         say so, or it would look like it hangs in 'acquiring'."""
         waiting = (self.rules.require_lab_files and not facts.lab_files_present
                    and not facts.finished and not facts.marker and not self.rules.convert
-                   and facts.idle_for >= self.rules.session_idle_seconds)
+                   and self.root_ok  # an unreachable share hides them: unknown, not missing
+                   and facts.idle_for >= self.rules.session_idle_seconds + LAB_FILES_GRACE_SECONDS)
         if waiting:
             missing = " and ".join(self._missing_lab_files(sess))
             self._warning(sess, "waiting_for_lab_files", f"no new TIFF for {facts.idle_for:.0f} s, "
@@ -746,7 +802,7 @@ class Engine:
                 obs = self.tiffs[action.path]
                 result: TiffInfo | TiffProblem
                 try:
-                    info = inspect_tiff(self.root / action.path)
+                    info = self.inspect_file(action.path, obs.file_id)
                     self._acquisition(action.path, info)
                     result = info
                 except TiffProblem as exc:
@@ -784,8 +840,9 @@ class Engine:
         info = self.inspected.get(row.path, (0, 0, None))[2]
         if row.state == "appending" and not isinstance(info, TiffInfo):
             # Resuming a partly appended file after a restart: inspect it first.
+            obs = self.tiffs.get(row.path)
             try:
-                info = inspect_tiff(self.root / row.path)
+                info = self.inspect_file(row.path, obs.file_id if obs else None)
             except TiffProblem as exc:
                 self._fail_file(sess, row, exc, log)
                 return 1
@@ -864,12 +921,22 @@ class Engine:
             self._write_failed(sess.id, exc)
         return 1
 
+    def inspect_file(self, rel: str, expect: FileId | None) -> TiffInfo:
+        """Inspect the version of the file that was classified (rigfs: no links, no FIFOs)."""
+        return inspect_tiff(self.root / rel, root=self.root, expect=expect,
+                            max_frame_bytes=self.budget // 4)
+
+    @property
+    def budget(self) -> int:
+        """append.memory_mb in bytes: what one file's append may hold in memory."""
+        return self.cfg.append.memory_mb * 2**20
+
     def _acquisition(self, rel: str, info: TiffInfo) -> FileAcquisition:
         """The file's layout, per-page times and header warnings (cached per size and mtime)."""
         cached = self.acquired.get(rel)
         if cached is not None and cached[:2] == (info.size, info.mtime_ns):
             return cached[2]
-        acq = read_acquisition(self.root / rel, self.cfg)
+        acq = read_acquisition(self.root / rel, self.cfg, root=self.root, expect=info.file_id)
         self.acquired[rel] = (info.size, info.mtime_ns, acq)
         return acq
 
@@ -884,12 +951,11 @@ class Engine:
         if done and first + done != committed:
             raise TiffProblem("changed_after_commit", f"{name}: {done} of its pages are in the "
                               "NWB file but later frames follow them; the rest cannot be added")
-        if done and row.state != "appending" and not self._same_prefix(writer, self.root / row.path,
+        if done and row.state != "appending" and not self._same_prefix(writer, row.path, info,
                                                                         committed, done):
             raise TiffProblem("changed_after_commit", f"{name}: its first {done} pages differ "
                               "from the frames appended before; not appended")
         t0 = time.monotonic()
-        src = self.root / row.path
         try:
             self._copy_pages(sess, row, info, acq, writer, first, done, log)
         except TiffProblem:
@@ -898,10 +964,11 @@ class Engine:
         # The file must not have changed while we read it: a writer that paused longer than
         # the settle period would otherwise be appended half-written.
         try:
-            st = src.stat()
-            unchanged = (st.st_size, st.st_mtime_ns) == (info.size, info.mtime_ns)
-        except OSError:
-            unchanged = False  # deleted or moved away while we read it
+            st = lstat_rig(self.root, row.path)
+            unchanged = (stat.S_ISREG(st.st_mode) and info.file_id is not None
+                         and FileId.of(st) == info.file_id)
+        except (OSError, UnsafeRigPath):
+            unchanged = False  # deleted, moved away or replaced while we read it
         if not unchanged:
             self._undo_pass(sess, row, writer, committed)
             self.inspected.pop(row.path, None)
@@ -933,10 +1000,13 @@ class Engine:
         flushing every batch and committing every ``commit_every_frames`` (and when asked to
         stop). Page times: the file's own per-frame timestamps (ScanImage), else nominal."""
         layout = writer.layout
-        batch, every = self.cfg.append.batch_frames, self.cfg.append.commit_every_frames
+        # Batches sized in bytes: a small compressed file can declare huge frames.
+        batch = batch_frames(info.frame_bytes, self.budget, self.cfg.append.batch_frames)
+        every = self.cfg.append.commit_every_frames
         since_commit = 0
         pos = done
-        for frames in read_batches(self.root / row.path, done, info.pages, batch):
+        for frames in read_batches(self.root / row.path, done, info.pages, batch, root=self.root,
+                                   expect=info.file_id):
             n = frames.shape[0]
             pages = np.arange(first + pos, first + pos + n, dtype=np.int64)
             times = layout.scan_frame(pages) / layout.frame_rate
@@ -973,12 +1043,14 @@ class Engine:
         writer.trim(committed)
         writer.sync()
 
-    def _same_prefix(self, writer: SessionAppender, src: Path, committed: int, done: int) -> bool:
+    def _same_prefix(self, writer: SessionAppender, rel: str, info: TiffInfo, committed: int,
+                     done: int) -> bool:
         """Does the TIFF still hold, as its last appended data page, the frame we stored?"""
         for back in range(1, min(done, writer.layout.pages_per_cycle) + 1):
             stored = writer.read_page(committed - back)
             if stored is not None:  # not a flyback page
-                page = next(read_batches(src, done - back, done - back + 1, 1))
+                page = next(read_batches(self.root / rel, done - back, done - back + 1, 1,
+                                         root=self.root, expect=info.file_id))
                 return bool(np.array_equal(page[0], stored))
         return True
 
@@ -998,12 +1070,32 @@ class Engine:
             if p.code == "metadata":
                 self.ledger.clear_problem(sess.id, "metadata", p.file)
         start, source = self._start_time(row, info, acq)
-        ident = new_identifier()
+        # The identifier is recorded before the file is made: a file found under the name later
+        # is this session's own (a crash between the rename and the ledger's commit) only when
+        # it carries this identifier. Any other file there is never replaced.
+        ident = sess.identifier or new_identifier()
+        if sess.identifier is None:
+            self.ledger.update_session(sess.id, identifier=ident)
+        path = Path(sess.nwb_path)
+        theirs = existing_identifier(path)
+        if theirs is not None and theirs != ident:
+            self._problem(sess, "output_exists", f"{path.name} already exists in "
+                          f"{path.parent} and was not written for this session (identifier "
+                          f"{theirs}); rig2nwb never replaces a file it does not own: move it "
+                          "away (or change output.nwb_name) and the session is converted (the "
+                          "TIFFs wait, nothing is lost)", "", log)
+            return None
+        self.ledger.clear_problem(sess.id, "output_exists")
         si = acq.scanimage
-        spec = NewFile(Path(sess.nwb_path), ident, sess.subject, sess.session, start, source,
+        spec = NewFile(path, ident, sess.subject, sess.session, start, source,
                        info.shape, info.dtype, acq.layout, meta, si,
                        PurePosixPath(row.path).name)
-        create_nwb(self.cfg, spec)
+        try:
+            create_nwb(self.cfg, spec, replace_own=theirs == ident)
+        except NwbExists as exc:
+            self._problem(sess, "output_exists", f"{exc}; the TIFFs wait, nothing is lost", "",
+                          log)
+            return None
         self.ledger.update_session(
             sess.id, nwb_created=1, identifier=ident, start_time=start.isoformat(),
             start_source=source, frame_shape=_shape_text(info.shape), dtype=info.dtype,
@@ -1129,10 +1221,11 @@ class Engine:
         last = max(rows, key=lambda r: r.first_frame or 0)
         assert last.first_frame is not None
         try:
-            st = (self.root / last.path).stat()
-        except OSError:
+            st: os.stat_result | None = lstat_rig(self.root, last.path)
+        except (OSError, UnsafeRigPath):
             st = None
-        if st is None or (st.st_size, st.st_mtime_ns) != (last.size, last.mtime_ns):
+        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (
+                last.size, last.mtime_ns):
             # The TIFF is gone or no longer what was appended: it cannot vouch for the frames,
             # and the NWB file keeps them (the change itself is reported by the watcher).
             log.info("tail not checked: its TIFF changed or is gone since it was appended",
@@ -1143,24 +1236,25 @@ class Engine:
         if k <= 0:
             return committed
         start_in_file = end_in_file - k
-        try:
-            src = next(read_batches(self.root / last.path, start_in_file, end_in_file, k))
-        except (TiffProblem, StopIteration) as exc:
+        same, why = True, "differs from its TIFF"
+        try:  # one page at a time: memory stays at one frame whatever the frame size
+            pages = read_batches(self.root / last.path, start_in_file, end_in_file, 1,
+                                 root=self.root, expect=FileId.of(st))
+            for i, src in enumerate(pages):
+                try:
+                    stored = appender.read_page(last.first_frame + start_in_file + i)
+                except (OSError, RuntimeError) as exc:
+                    # A torn or zeroed compressed chunk (power loss before the OS wrote it
+                    # out): a read failure, not a write failure; the TIFF still has the frames.
+                    same, why = False, f"cannot be read ({_first_line(exc)})"
+                    break
+                if stored is not None and not np.array_equal(stored, src[0]):
+                    same = False
+                    break
+        except TiffProblem as exc:
             log.warning("cannot check the NWB tail against its TIFF", file=last.path,
                         error=str(exc))
             return committed
-        same, why = True, "differs from its TIFF"
-        for i in range(k):
-            try:
-                stored = appender.read_page(last.first_frame + start_in_file + i)
-            except (OSError, RuntimeError) as exc:
-                # A torn or zeroed compressed chunk (power loss before the OS wrote it out): a
-                # read failure, not a write failure; the TIFF still has the frames.
-                same, why = False, f"cannot be read ({_first_line(exc)})"
-                break
-            if stored is not None and not np.array_equal(stored, src[i]):
-                same = False
-                break
         if same:
             return committed
         log.warning(f"NWB tail {why}; re-appending that file", file=last.path)
@@ -1394,7 +1488,12 @@ class Engine:
 
     def _reopen(self, sess: SessionRow, log: Any) -> int:
         """A finished session got another file: undo what finalizing did that appending cannot
-        live with (rate-form timestamps, the dropped incomplete cycle); finalize runs again."""
+        live with (rate-form timestamps, the dropped incomplete cycle); finalize runs again.
+
+        Attached suite2p results stay in the file as they are: they describe the frames they
+        were computed from (their own timestamps say which), and nothing attached is ever lost
+        to a late TIFF. A warning says they cover fewer frames than the session now has; results
+        of a suite2p rerun replace them through the usual attach."""
         self._cancel_check(sess.id)  # the child holds the file open for reading
         try:
             writer = self._writer(sess)
@@ -1410,18 +1509,17 @@ class Engine:
         kept = writer.layout.complete(pages)
         try:
             writer.restore_timestamps()
-            dropped = writer.drop_suite2p()  # results of fewer frames no longer fit
             writer.sync()
         except (OSError, RuntimeError) as exc:
             self._write_failed(sess.id, exc)
-        if self.ledger.suite2p(sess.id) is not None:
-            self.ledger.set_suite2p(sess.id, state="stale", attached=None, seen=None,
-                                    detail="the session got new frames; suite2p results are "
-                                    "looked at again once it is finished")
-        if dropped:
-            self._warning(sess, "suite2p_dropped", "the attached suite2p results were removed "
-                          "because the session got new frames; rerun suite2p on all of them",
-                          "", log)
+        s2p = self.ledger.suite2p(sess.id)
+        if s2p is not None and s2p.state in ("attached", "staged"):
+            frames = [writer.layout.count(i, kept) for i in range(len(writer.layout.series))]
+            self._warning(sess, "suite2p_partial", f"the attached suite2p results cover the "
+                          f"first {max(frames)} frames; the session got new frames after they "
+                          "were attached. They stay in the file; rerun suite2p on the whole "
+                          "session to include the new frames (its results replace these)", "",
+                          log)
         if kept < pages:
             self.ledger.roll_back(sess.id, kept)  # those pages are appended again, in order
         self.ledger.update_session(sess.id, state="acquiring", validation=None)

@@ -46,6 +46,26 @@ class NwbDamaged(Exception):
     """The NWB file cannot be opened or lacks the series; it must be rebuilt from the TIFFs."""
 
 
+class NwbExists(Exception):
+    """A file is already where a new NWB file would go, and it is not this session's."""
+
+
+def existing_identifier(path: Path) -> str | None:
+    """The NWB identifier of the file at ``path`` ("" for a file that is not a readable NWB
+    file), or None when there is no file at all."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.get("identifier")
+            if value is None:
+                return ""
+            raw = value[()]
+            return raw.decode() if isinstance(raw, bytes) else str(raw)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return ""
+
+
 def compression_args(cfg: Config) -> dict[str, Any]:
     """H5DataIO / h5py keyword arguments for the configured compression."""
     level = cfg.output.compression_level
@@ -84,9 +104,10 @@ class NewFile:
     header_file: str = ""  # name of the TIFF whose ScanImage header is stored
 
 
-def create_nwb(cfg: Config, spec: NewFile) -> None:
+def create_nwb(cfg: Config, spec: NewFile, *, replace_own: bool = False) -> None:
     """Create the NWB file with all metadata and one empty, extendable TwoPhotonSeries per plane
-    and channel (see pagelayout)."""
+    and channel (see pagelayout). A file already under the name is never replaced (NwbExists)
+    unless ``replace_own``: the caller checked it is this session's own unfinished creation."""
     # pynwb is imported here, not at module level: it costs ~1 s and the CLI's quick commands
     # (status, check-config) never need it.
     from pynwb import NWBHDF5IO, NWBFile
@@ -137,8 +158,31 @@ def create_nwb(cfg: Config, spec: NewFile) -> None:
     with NWBHDF5IO(str(partial), "w") as io:
         io.write(nwb)
     _fsync_path(partial)
-    os.replace(partial, spec.path)
+    if replace_own:
+        os.replace(partial, spec.path)
+    else:
+        _publish_new(partial, spec.path)
     _fsync_path(spec.path.parent)
+
+
+def _publish_new(partial: Path, path: Path) -> None:
+    """Rename ``partial`` to ``path`` only if nothing is there: a hard link fails when the name
+    is taken (where links are not supported, as on some shares, a check just before the rename
+    leaves a window of microseconds)."""
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        partial.unlink()
+        raise NwbExists(f"{path.name} appeared in {path.parent} while it was being created; "
+                        "it is not replaced") from None
+    except OSError:
+        if os.path.lexists(path):
+            partial.unlink()
+            raise NwbExists(f"{path.name} already exists in {path.parent}; it is not "
+                            "replaced") from None
+        os.replace(partial, path)
+        return
+    partial.unlink()
 
 
 def _add_series(nwb: Any, cfg: Config, spec: NewFile, series: SeriesSpec, device: Any) -> None:
