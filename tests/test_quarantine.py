@@ -493,3 +493,23 @@ def test_session_finishing_without_required_lab_files_is_a_warning(tmp_path: Pat
     assert row["state"] == "finished"
     assert any(w.startswith("finished without its lab file(s) {subject}/txt/{session}_scan.txt and "
                             "{subject}/txt/{session}_trial.txt") for w in row["warnings"]), row
+
+
+def test_sigterm_stops_the_daemon_within_10_s_even_when_the_worker_hangs(tmp_path: Path) -> None:
+    """A read that never returns (a hung share): the worker ignores SIGTERM while stuck, the
+    supervisor kills it after its grace period, and the service still stops within 10 s."""
+    lab = make_fault_lab(tmp_path)
+    two_sessions(lab)
+    daemon = Daemon(lab, fault_env("rig2nwb.engine:Engine._stream", mode="hang", match="b_00001"))
+    log = lab.state / "rig2nwb.log"
+    wait_for(lambda: log.exists() and '"nwb created"' in log.read_text()
+             and "ses-s_bad" in log.read_text(), timeout=60,
+             what="the worker to reach s_bad's first append (where it hangs)")
+    time.sleep(1)
+    t0 = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    rc = daemon.proc.wait(timeout=30)
+    took = time.monotonic() - t0
+    daemon.stderr.close()
+    assert rc == 0 and took < 10, (rc, took)
+    assert "worker did not stop in time; killing it" in daemon.stderr_path.read_text()

@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from rig2nwb import sdnotify
 from rig2nwb.logs import get_logger
@@ -30,6 +32,11 @@ CONFIG_ERROR_CODE = 2
 ALREADY_RUNNING_CODE = 3  # another daemon owns the state folder
 LEDGER_DAMAGED_CODE = 4  # the ledger fails integrity_check: restarting cannot help
 MAX_BACKOFF_SECONDS = 60.0
+# After SIGTERM the worker commits its batch and exits, normally within a second or two. One stuck
+# in a read that never returns (a hung share, a file that lies about its size) is killed after
+# this long, so the service always stops within 10 s: killing it is safe, the NWB file and the
+# ledger are crash-safe by design.
+STOP_GRACE_SECONDS = 8.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that ran this long resets the backoff
 
 
@@ -39,8 +46,12 @@ def supervise(worker_argv: list[str]) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
+    stop_asked = 0.0
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, stop_asked
+        if not stopping:
+            stop_asked = time.monotonic()
         stopping = True
         sdnotify.notify("STOPPING=1", "STATUS=stopping: the worker commits its batch and exits")
         if child is not None and child.poll() is None:
@@ -60,10 +71,12 @@ def supervise(worker_argv: list[str]) -> int:
         started = time.monotonic()
         keepalive.beat(force=True)  # the new worker's imports and start-up get a full interval
         child = _spawn(worker_argv, previous_exit)
-        rc = _wait(child)
+        rc = _wait(child, lambda: stopping and time.monotonic() - stop_asked > STOP_GRACE_SECONDS,
+                   log)
         ran = time.monotonic() - started
         if stopping:
-            return 0 if rc in (0, -signal.SIGTERM) else rc
+            # Stopped as asked, killed after the grace period included (see STOP_GRACE_SECONDS).
+            return 0 if rc in (0, -signal.SIGTERM, -getattr(signal, "SIGKILL", 9)) else rc
         if rc == 0:
             return 0  # the worker decided to stop (e.g. its own signal handling)
         if rc in (CONFIG_ERROR_CODE, LEDGER_DAMAGED_CODE):
@@ -117,10 +130,18 @@ def _spawn(argv: list[str], previous_exit: str | None = None) -> subprocess.Pope
     return subprocess.Popen(argv, env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
-def _wait(child: subprocess.Popen[bytes]) -> int:
+def _wait(child: subprocess.Popen[bytes], overdue: Callable[[], bool], log: Any) -> int:
+    """The worker's exit code; a worker still running when ``overdue()`` is killed."""
+    killed = False
     while True:
         try:
-            return child.wait()
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if overdue() and not killed:
+                log.warning("worker did not stop in time; killing it (its committed work is "
+                            "safe)", stage="supervisor", grace_seconds=STOP_GRACE_SECONDS)
+                child.kill()
+                killed = True
         except InterruptedError:  # pragma: no cover - PEP 475 retries, but be safe
             continue
 

@@ -6,7 +6,8 @@ Environment:
                          ``rig2nwb.engine:Engine._finalize``
   RIG2NWB_FAULT_MODE     ``raise`` (InjectedFault, a plain Exception: not one of the OSError /
                          RuntimeError types that h5py's write failures come as), ``kill``
-                         (SIGKILL itself) or ``segv``
+                         (SIGKILL itself), ``segv``, or ``hang`` (sleeps for an hour: a read
+                         that never returns)
   RIG2NWB_FAULT_MATCH    only when the repr of an argument contains this text (one session)
   RIG2NWB_FAULT_FILE     only while this file exists (a test lifts the fault by deleting it)
 
@@ -45,6 +46,10 @@ def _strike(where: str) -> None:
     mode = os.environ.get("RIG2NWB_FAULT_MODE", "raise")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "hang":
+        import time
+
+        time.sleep(3600)
     if mode == "segv":
         import ctypes
 
