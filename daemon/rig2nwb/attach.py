@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from rig2nwb.config import Config
-from rig2nwb.convert import resolve_session_folder
+from rig2nwb.convert import after_one_shot, resolve_session_folder
 from rig2nwb.engine import Engine
 from rig2nwb.ledger import Ledger, SessionRow
 from rig2nwb.quarantine import quarantine_text
@@ -88,7 +88,8 @@ def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
     return None
 
 
-def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> AttachResult:
+def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0,
+           notify: bool = False) -> AttachResult:
     if not ledger_path(cfg).exists():
         raise ValueError(f"no ledger in {cfg.state.folder}: nothing has been converted yet")
     try:
@@ -105,6 +106,7 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> Attach
         early = precheck(cfg, ledger, sess, complete=False)
         if early is not None:
             return early
+        since_event = ledger.last_event_id()
         engine = Engine(cfg, ledger)
         outcome = None
         with engine.guard(sess.id, "attaching suite2p results (rig2nwb attach)") as g:
@@ -112,14 +114,17 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0) -> Attach
             outcome = engine.attach_suite2p(sess.id, on_demand=True)
         if g.failed or outcome is None:
             engine.close()
+            after_one_shot(cfg, engine, since_event, notify=notify)
             return AttachResult(False, quarantine_text(ledger.session_by_id(sess.id)))
         if outcome.state not in ("attached", "unchanged"):
             engine.close()
+            after_one_shot(cfg, engine, since_event, notify=notify)
             return AttachResult(False, outcome.message)
         while engine.checks_pending():
             engine.run_checks()
             time.sleep(0.1)
         engine.close()
+        after_one_shot(cfg, engine, since_event, notify=notify)
         return _result(ledger, sess.id, outcome.message)
     finally:
         ledger.close()

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,14 +38,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="one-shot conversion of a finished session folder")
     c.add_argument("session_folder", type=Path)
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--notify", action="store_true",
+                   help="send the notifications the daemon would (needs the notify secrets)")
     a = sub.add_parser("attach", parents=[common],
                        help="attach (or replace) a finished session's suite2p results now")
     a.add_argument("session_folder", type=Path, help="the folder holding the session's TIFFs")
     a.add_argument("--wait", type=float, default=3600.0,
                    help="seconds to wait for a running daemon to do it (default 3600)")
+    a.add_argument("--notify", action="store_true",
+                   help="send the notifications the daemon would (needs the notify secrets)")
     q = sub.add_parser("retry", parents=[common],
                        help="lift a session's quarantine (after fixing the cause or upgrading)")
     q.add_argument("session", help="SUBJECT/SESSION, or SESSION when it is unique")
+    rp = sub.add_parser("repack", parents=[common],
+                        help="rewrite a finished NWB file with filters every reader has")
+    rp.add_argument("target", help="an NWB file, or SUBJECT/SESSION")
     s = sub.add_parser("status", parents=[common], help="where every session stands")
     s.add_argument("session", nargs="?", help="show one session's full history")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -63,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: Path, *, check_paths: bool = True) -> Config:
-    return load_config(path, check_paths=check_paths)
+def _load(path: Path, *, check_paths: bool = True, check_secrets: bool | None = None) -> Config:
+    return load_config(path, check_paths=check_paths, check_secrets=check_secrets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,13 +169,21 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             if record is None:
                 print(f"rig2nwb: no session {args.session!r} in the ledger", file=sys.stderr)
                 return 1
-            print(render_json([record]) if args.json else _history_text(record))
+            print(render_json([record]) if args.json else _history_text(record, cfg.tz))
             return 0
         rows = collect(cfg)
         print(render_json(rows) if args.json else render_table(rows, rig_problems(cfg), cfg.tz))
         return 0
     if cmd == "demo":
         return _demo(args, config_path)
+    if cmd == "repack":
+        from rig2nwb.repack import repack_command
+
+        cfg = _load(config_path, check_paths=False)
+        setup_from_config(cfg, one_shot=True)
+        ok, message = repack_command(cfg, args.target)
+        print(("" if ok else "rig2nwb: ") + message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     if cmd == "retry":
         from rig2nwb.retry import retry
 
@@ -175,13 +191,15 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         ok, message = retry(cfg, args.session)
         print(("" if ok else "rig2nwb: ") + message, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
-    cfg = _load(config_path)
+    # Only what sends notifications needs their secrets in its environment.
+    cfg = _load(config_path, check_secrets=cmd == "run" or bool(getattr(args, "notify", False)))
     if cmd == "run" and not args.worker:
         from rig2nwb.logs import setup_logging
         from rig2nwb.supervisor import supervise
 
         # The supervisor logs to the terminal/journal only: the worker owns the log file.
-        setup_logging(level=cfg.logging.level, fmt=cfg.logging.format, rig=cfg.rig.name)
+        setup_logging(level=cfg.logging.level, fmt=cfg.logging.format, rig=cfg.rig.name,
+                      tz=cfg.tz)
         worker = [sys.executable, "-m", "rig2nwb", "run", "--worker", "--config",
                   str(config_path.resolve())]
         return supervise(worker)
@@ -218,7 +236,8 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         from rig2nwb.service import AlreadyRunning
 
         try:
-            result = convert(cfg, args.session_folder, progress=False if args.no_progress else None)
+            result = convert(cfg, args.session_folder, progress=False if args.no_progress else None,
+                             notify=args.notify)
         except (AlreadyRunning, ValueError) as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
@@ -233,7 +252,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         from rig2nwb.attach import attach
 
         try:
-            res = attach(cfg, args.session_folder, wait_seconds=args.wait)
+            res = attach(cfg, args.session_folder, wait_seconds=args.wait, notify=args.notify)
         except ValueError as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
@@ -294,7 +313,9 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
         _exit_now(1)
 
 
-def _history_text(record: dict[str, object]) -> str:
+def _history_text(record: dict[str, object], tz: tzinfo | None = None) -> str:
+    from rig2nwb.status import local_time, zone_line
+
     unit = "TIFF pages" if len(record.get("series") or {}) > 1 else "frames"  # type: ignore[arg-type]
     lines = [f"{record['subject']}/{record['session']}: {record['state']}, "
              f"{record['frames']} {unit} -> {record['nwb_path']}",
@@ -307,6 +328,10 @@ def _history_text(record: dict[str, object]) -> str:
     if record.get("validation"):
         lines.append(f"check: {record['validation']}")
         lines += [f"  {m}" for m in record.get("validation_messages") or []]  # type: ignore[attr-defined]
+        from rig2nwb.filters import describe as plugins_line
+
+        lines.append("opens without filter plugins: " + plugins_line(
+            record.get("plugin_datasets")))  # type: ignore[arg-type]
     lines.append("files:")
     for f in record["files"]:  # type: ignore[attr-defined]
         lines.append(f"  {f['state']:<12} {f['frames'] or '':>6} frames  {f['path']}"
@@ -314,11 +339,12 @@ def _history_text(record: dict[str, object]) -> str:
     lines.append("problems:")
     for p in record["problems"] or [{"message": "none", "active": False, "since": ""}]:  # type: ignore[attr-defined]
         flag = ("WARNING " if p.get("severity") == "warning" else "ACTIVE  ") if p["active"] else " " * 8
-        lines.append(f"  {flag}{p['since'] or ''} {p['message']}")
+        lines.append(f"  {flag}{local_time(p['since'], tz)} {p['message']}")
     from rig2nwb.status import timing_lines
 
-    lines += timing_lines(record)
+    lines += timing_lines(record, tz)
     lines.append("history:")
     for e in record["events"]:  # type: ignore[attr-defined]
-        lines.append(f"  {e['at']} [{e['stage']}] {e['message']}")
+        lines.append(f"  {local_time(e['at'], tz)} [{e['stage']}] {e['message']}")
+    lines.append(zone_line(tz, str(tz)))
     return "\n".join(lines)

@@ -59,8 +59,11 @@ class RigConfig(_Section):
 class OutputConfig(_Section):
     folder: Path
     nwb_name: str = "sub-{subject}_ses-{session}.nwb"
-    compression: Literal["none", "gzip", "lzf", "blosc-lz4", "blosc-zstd"] = "blosc-lz4"
+    # gzip (deflate, after HDF5's byte shuffle): filters built into every HDF5, so the files open
+    # in every NWB reader without plugins. blosc and lzf need plugins in the reader (opt-in).
+    compression: Literal["none", "gzip", "lzf", "blosc-lz4", "blosc-zstd"] = "gzip"
     compression_level: int | None = Field(None, ge=0, le=9)
+    shuffle: bool = Field(True, description="byte shuffle before gzip (built into HDF5)")
     min_free_mb: int = Field(1024, ge=0)
     warn_free_mb: int | None = Field(
         None, ge=0, description="rig-wide warning below this much free space; default 10 x "
@@ -494,8 +497,11 @@ def parse_toml(text: str) -> dict[str, Any]:
         raise ValueError("nested too deeply") from None
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, *, check_paths: bool = True) -> Config:
-    """Read and validate a config file, raising ConfigError listing every problem."""
+def load_config(path: Path | str = DEFAULT_CONFIG, *, check_paths: bool = True,
+                check_secrets: bool | None = None) -> Config:
+    """Read and validate a config file, raising ConfigError listing every problem.
+    ``check_secrets`` (default: as ``check_paths``): every ``${NAME}`` of the notification URLs
+    must be set here; commands that send nothing do not need the secrets."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -512,11 +518,13 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, check_paths: bool = True) 
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
     except ValueError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return validate_config(raw, base=path.resolve().parent, source=str(path), check_paths=check_paths)
+    return validate_config(raw, base=path.resolve().parent, source=str(path), check_paths=check_paths,
+                           check_secrets=check_secrets)
 
 
 def validate_config(
-    raw: dict[str, Any], *, base: Path, source: str = "config", check_paths: bool = True
+    raw: dict[str, Any], *, base: Path, source: str = "config", check_paths: bool = True,
+    check_secrets: bool | None = None,
 ) -> Config:
     """Validate a parsed config; relative paths are taken relative to ``base``."""
     raw = _resolve_paths(raw, base)
@@ -531,7 +539,8 @@ def validate_config(
             if err["type"] not in _FRIENDLY and not isinstance(err.get("input"), dict):
                 msg += f" (got {err.get('input')!r})"
             problems.append(f"{loc}: {msg}")
-    problems += _semantic_problems(raw, check_paths=check_paths)
+    problems += _semantic_problems(raw, check_paths=check_paths,
+                                   check_secrets=check_paths if check_secrets is None else check_secrets)
     if problems or cfg is None:
         raise ConfigError(source, sorted(set(problems)))
     return cfg
@@ -552,7 +561,7 @@ def _get(raw: dict[str, Any], section: str, key: str) -> Any:
     return sec.get(key) if isinstance(sec, dict) else None
 
 
-def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
+def _semantic_problems(raw: dict[str, Any], *, check_paths: bool, check_secrets: bool) -> list[str]:
     """Checks pydantic cannot express per field: paths on disk, pattern placeholders, timezone."""
     problems: list[str] = []
     if check_paths:
@@ -616,7 +625,7 @@ def _semantic_problems(raw: dict[str, Any], *, check_paths: bool) -> list[str]:
         url = target.get("url") if isinstance(target, dict) else None
         if isinstance(url, str) and url:
             problems += [f"notify.targets[{i}].url: {m}"
-                         for m in notify_url_problems(url, check_environment=check_paths)]
+                         for m in notify_url_problems(url, check_environment=check_secrets)]
     folder = _get(raw, "suite2p", "folder")
     if isinstance(folder, str):
         problems += [f"suite2p.folder: {m}" for m in _suite2p_folder_problems(folder, available)]

@@ -41,7 +41,34 @@ def resolve_session_folder(cfg: Config, folder: Path) -> Path:
     raise ValueError(f"{folder}: no such folder")
 
 
-def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> ConvertResult:
+def after_one_shot(cfg: Config, engine: Engine, since_event: int, *, notify: bool) -> None:
+    """What a one-shot command (convert, attach) does once its work is done, as the daemon
+    would: the notifications of its events are sent (``notify``), or marked done so that a
+    daemon started later does not send them; and the status page and its JSON are rewritten
+    (the summary pictures were drawn by the check child already). Never raises: the work is
+    done, a page that cannot be written is a warning."""
+    from rig2nwb.notify import NotifyHook
+
+    log = get_logger("rig2nwb.oneshot")
+    try:
+        if notify:
+            NotifyHook(cfg).deliver_now(engine, since_event)
+        else:
+            NotifyHook.mark_done(engine.ledger, since_event)
+    except Exception as exc:  # the conversion is done; its notifications are not its result
+        log.warning("notifications not sent", stage="notify", error=str(exc))
+    if not cfg.status.page:
+        return
+    from rig2nwb.status_page import write_page
+
+    try:
+        write_page(cfg, running=False)
+    except OSError as exc:
+        log.warning("status page not written", stage="status", error=str(exc))
+
+
+def convert(cfg: Config, folder: Path, *, progress: bool | None = None,
+            notify: bool = False) -> ConvertResult:
     log = get_logger("rig2nwb.convert")
     scope = resolve_session_folder(cfg, folder)
     lock = lock_state(cfg)
@@ -52,6 +79,7 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
         raise
     bar = None
     try:
+        since_event = ledger.last_event_id()
         engine = Engine(cfg, ledger, convert_scope=scope)
         engine.recover()
         engine.full_scan()
@@ -70,6 +98,7 @@ def convert(cfg: Config, folder: Path, *, progress: bool | None = None) -> Conve
             engine.run_checks()
             time.sleep(0.1)
         engine.close()
+        after_one_shot(cfg, engine, since_event, notify=notify)
         keys = {o.key for o in engine.tiffs.values()}
         sessions = [s for s in ledger.sessions() if (s.subject, s.session) in keys]
         failed: list[str] = []

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     quarantine_phase TEXT,
     quarantine_reason TEXT,
     quarantined_at REAL,
+    trials INTEGER,
+    duration_s REAL,
     UNIQUE (subject, session)
 );
 CREATE TABLE IF NOT EXISTS series (
@@ -158,6 +160,8 @@ class SessionRow:
     quarantine_phase: str | None = None
     quarantine_reason: str | None = None
     quarantined_at: float | None = None
+    trials: int | None = None  # rows of the trials table, set when finalized
+    duration_s: float | None = None  # first to last frame time (+ one frame), when finalized
 
     @property
     def quarantined(self) -> bool:
@@ -168,7 +172,7 @@ class SessionRow:
 _ADDED_COLUMNS = {
     "sessions": [("timestamps_source", "TEXT"), ("layout", "TEXT"), ("validation", "TEXT"),
                  ("quarantine_phase", "TEXT"), ("quarantine_reason", "TEXT"),
-                 ("quarantined_at", "REAL")],
+                 ("quarantined_at", "REAL"), ("trials", "INTEGER"), ("duration_s", "REAL")],
     "problems": [("severity", "TEXT NOT NULL DEFAULT 'error'")],
 }
 
@@ -407,12 +411,18 @@ class Ledger:
     def file_counts(self) -> dict[int, tuple[int, int, int, int]]:
         """Per session, in one query: (files, committed, failed for good, committed bytes).
         Failed for good: failed, vanished or out of order, as ``rig2nwb status`` counts them."""
+        return {sid: (v[0], v[1], v[2], v[3]) for sid, v in self.file_facts().items()}
+
+    def file_facts(self) -> dict[int, tuple[int, int, int, int, float | None]]:
+        """``file_counts`` plus when frames were last committed (None: never)."""
         rows = self._all(
             "SELECT session_id, COUNT(*), TOTAL(state='committed'),"
             " TOTAL(state IN ('failed', 'vanished', 'out_of_order')),"
-            " TOTAL(CASE WHEN state='committed' THEN COALESCE(size, 0) ELSE 0 END)"
+            " TOTAL(CASE WHEN state='committed' THEN COALESCE(size, 0) ELSE 0 END),"
+            " MAX(CASE WHEN frames_committed > 0 THEN updated_at END)"
             " FROM files GROUP BY session_id")
-        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4]),
+                            None if r[5] is None else float(r[5])) for r in rows}
 
     def files(self, session_id: int) -> list[FileRow]:
         rows = self._all("SELECT * FROM files WHERE session_id=? ORDER BY id", session_id)
@@ -699,6 +709,11 @@ class Ledger:
         sql = "SELECT MAX(id) FROM events" + (" WHERE at < ?" if before is not None else "")
         row = self._all(sql, *(() if before is None else (before,)))[0]
         return int(row[0] or 0)
+
+    def event_time(self, event_id: int) -> float:
+        """When an event was written (now, for an id not written yet)."""
+        rows = self._all("SELECT at FROM events WHERE id >= ? ORDER BY id LIMIT 1", event_id)
+        return float(rows[0][0]) if rows else time.time()
 
     def events_after(self, event_id: int, *, session_id: int | None = None,
                      stages: tuple[str, ...] = (), limit: int = 1000) -> list[EventRow]:

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import MutableMapping
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 
 # Process-wide fields (the rig name): threads do not inherit contextvars, so this is a plain dict.
 _STATIC: dict[str, Any] = {}
+# The zone of the log's times: the rig's (session.timezone), as in `rig2nwb status` and the page.
+_ZONE: list[tzinfo] = [UTC]
+
+
+def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``2026-11-21 14:02:01.123+01:00``: the format of every time people read, in the rig's
+    zone, with milliseconds."""
+    event.setdefault("timestamp", datetime.now(_ZONE[0]).isoformat(sep=" ", timespec="milliseconds"))
+    return event
 
 
 def _add_static(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +47,7 @@ _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _timestamp,
     structlog.processors.StackInfoRenderer(),
 ]
 
@@ -52,6 +62,7 @@ def setup_logging(
     rig: str | None = None,
     stream: Any = None,
     stream_tracebacks: bool = True,
+    tz: tzinfo | None = None,
 ) -> None:
     """Configure structlog and the root stdlib logger (idempotent). Without
     ``stream_tracebacks`` the stream (a terminal, for one-shot commands) gets each error's one
@@ -114,6 +125,7 @@ def setup_logging(
     _STATIC.clear()
     if rig:
         _STATIC["rig"] = rig
+    _ZONE[0] = tz or UTC
 
 
 def setup_from_config(cfg: Config, *, one_shot: bool = False) -> None:
@@ -125,7 +137,7 @@ def setup_from_config(cfg: Config, *, one_shot: bool = False) -> None:
     if one_shot and file is None:
         file = cfg.state.folder / COMMANDS_LOG
     setup_logging(level=lc.level, fmt=lc.format, file=file, max_bytes=lc.max_bytes,
-                  backups=lc.backups, rig=cfg.rig.name, stream_tracebacks=not one_shot)
+                  backups=lc.backups, rig=cfg.rig.name, stream_tracebacks=not one_shot, tz=cfg.tz)
 
 
 COMMANDS_LOG = "rig2nwb-commands.log"

@@ -42,9 +42,8 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
 
 from rig2nwb import __version__
 from rig2nwb.config import Config, ConfigError, NotifyConfig, NotifyKind, SecretProblem
@@ -52,7 +51,7 @@ from rig2nwb.layout import printable
 from rig2nwb.ledger import EventRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.pagelayout import PageLayout
-from rig2nwb.status_files import summary_png
+from rig2nwb.status_files import display_path, summary_png
 
 if TYPE_CHECKING:
     import apprise
@@ -329,6 +328,32 @@ class NotifyHook:
         if not self.active:
             self._forget_history(ledger)
             return
+        self._flush(engine)
+
+    def deliver_now(self, engine: Engine, since_event: int) -> None:
+        """For a one-shot command with ``--notify``: send what its events (ids above
+        ``since_event``) make, and anything still pending, waiting up to
+        notify.stop_flush_seconds; the rest goes out at the next start of the daemon."""
+        if not self.active:
+            return
+        if engine.ledger.get_meta(STATE_KEY) is None:  # no cursor yet: start at the command
+            self.created = min(self.created, engine.ledger.event_time(since_event + 1))
+        self._flush(engine)
+
+    @staticmethod
+    def mark_done(ledger: Ledger, after_event: int) -> None:
+        """For a one-shot command without ``--notify``: its events (ids above ``after_event``)
+        are done, so a daemon started later does not send them."""
+        text = ledger.get_meta(STATE_KEY)
+        if text is None:
+            return  # no cursor yet: a daemon's first start skips everything older than itself
+        state = json.loads(text)
+        ids = {e.id for e in ledger.events_after(after_event, limit=100_000)}
+        state["sent"] = sorted({int(i) for i in state["sent"]} | {i for i in ids
+                                                                  if i > int(state["cursor"])})
+        ledger.set_meta(STATE_KEY, json.dumps(state))
+
+    def _flush(self, engine: Engine) -> None:
         self._pump(engine)
         if self.sender is not None:
             self.sender.hurry()
@@ -586,23 +611,6 @@ def _warning_lines(ledger: Ledger, sess: SessionRow) -> list[str]:
         if found:
             lines.append(f"{label} ({len(found)}): {found[0]}" + (" ..." if len(found) > 1 else ""))
     return lines
-
-
-def display_path(cfg: Config, path: Path) -> str:
-    """``path`` as people should see it: below output.folder, with notify.link_prefix in place
-    of the folder (a share such as \\\\server\\nwb, or an https URL); else absolute."""
-    prefix = cfg.notify.link_prefix
-    try:
-        rel = PurePosixPath(path.resolve().relative_to(cfg.output.folder.resolve()).as_posix())
-    except (ValueError, OSError):
-        return str(path.absolute())
-    if not prefix:
-        return str(path.absolute())
-    if "://" in prefix:
-        return prefix.rstrip("/") + "/" + quote(rel.as_posix())
-    if "\\" in prefix:
-        return str(PureWindowsPath(prefix.rstrip("\\") + "\\", *rel.parts))
-    return prefix.rstrip("/") + "/" + rel.as_posix()
 
 
 def _size(path: Path) -> str:

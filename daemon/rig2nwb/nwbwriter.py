@@ -66,14 +66,23 @@ def existing_identifier(path: Path) -> str | None:
         return ""
 
 
+DEFAULT_GZIP_LEVEL = 1  # with shuffle: the best ratio and the fastest (README, "Compression")
+STANDARD: dict[str, Any] = {"compression": "gzip", "compression_opts": DEFAULT_GZIP_LEVEL,
+                            "shuffle": True}
+TIME_CHUNK = 8192  # timestamps per chunk (64 KB)
+
+
 def compression_args(cfg: Config) -> dict[str, Any]:
-    """H5DataIO / h5py keyword arguments for the configured compression."""
+    """H5DataIO / h5py keyword arguments for the configured compression of the large datasets
+    (frames, suite2p traces)."""
     level = cfg.output.compression_level
     match cfg.output.compression:
         case "none":
             return {}
         case "gzip":
-            return {"compression": "gzip", "compression_opts": 4 if level is None else level}
+            return {"compression": "gzip",
+                    "compression_opts": DEFAULT_GZIP_LEVEL if level is None else level,
+                    "shuffle": cfg.output.shuffle}
         case "lzf":
             return {"compression": "lzf"}
         case "blosc-lz4":
@@ -81,6 +90,18 @@ def compression_args(cfg: Config) -> dict[str, Any]:
         case "blosc-zstd":
             return _blosc("zstd", 1 if level is None else level)
     raise AssertionError(cfg.output.compression)  # pragma: no cover - Literal is exhaustive
+
+
+def standard_args(cfg: Config) -> dict[str, Any]:
+    """Keyword arguments for every other dataset rig2nwb writes (timestamps, pixel masks,
+    images, offsets): the filters built into every HDF5 (shuffle + deflate), also when the
+    frames are blosc by choice, so that those open in any reader; none when compression is
+    off."""
+    if cfg.output.compression == "none":
+        return {}
+    level = cfg.output.compression_level if cfg.output.compression == "gzip" else None
+    return {"compression": "gzip",
+            "compression_opts": DEFAULT_GZIP_LEVEL if level is None else level, "shuffle": True}
 
 
 def _blosc(cname: Literal["lz4", "zstd"], level: int) -> dict[str, Any]:
@@ -226,7 +247,8 @@ def _add_series(nwb: Any, cfg: Config, spec: NewFile, series: SeriesSpec, device
             data=np.empty((0, rows, cols), dtype=spec.dtype), maxshape=(None, rows, cols),
             chunks=(chunk, rows, cols), **compression_args(cfg),
         )
-    stamps = H5DataIO(data=np.empty((0,), dtype="f8"), maxshape=(None,), chunks=(8192,))
+    stamps = H5DataIO(data=np.empty((0,), dtype="f8"), maxshape=(None,), chunks=(TIME_CHUNK,),
+                      **standard_args(cfg))
     extra: dict[str, Any] = {}
     if si is not None:
         if si.line_period_s:
@@ -282,9 +304,12 @@ class SessionAppender:
     Positions are pages of the session's page stream (see pagelayout): the appender splits each
     batch of pages into the series they belong to."""
 
-    def __init__(self, path: Path, layout: PageLayout, compress_threads: int = 1) -> None:
+    def __init__(self, path: Path, layout: PageLayout, compress_threads: int = 1,
+                 stamp_args: dict[str, Any] | None = None) -> None:
         self.path = path
         self.layout = layout
+        # filters of timestamps datasets made again (restore_timestamps): the file's rule
+        self.stamp_args = STANDARD if stamp_args is None else stamp_args
         try:
             # "r+", not "a": a missing file must say so, not be created empty.
             self._f = h5py.File(path, "r+")
@@ -411,7 +436,8 @@ class SessionAppender:
                     del g["starting_time"]  # a crash between creating one and deleting the other
                 continue
             values = self.timestamps(s)
-            ds = g.create_dataset("timestamps", data=values, maxshape=(None,), chunks=(8192,))
+            ds = g.create_dataset("timestamps", data=values, maxshape=(None,),
+                                  chunks=(TIME_CHUNK,), **self.stamp_args)
             ds.attrs["interval"] = np.int32(1)
             ds.attrs["unit"] = "seconds"
             del g["starting_time"]

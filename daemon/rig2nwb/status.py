@@ -39,7 +39,7 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         global_problems = [p.message for p in rig_wide if p.severity != "warning"]
         global_warnings = [f"warning: {p.message}" for p in rig_wide if p.severity == "warning"]
         suite2p = ledger.suite2p_rows()
-        counts = ledger.file_counts()
+        counts = ledger.file_facts()
         committed = ledger.all_frames_committed()
         out = []
         for s in ledger.sessions():
@@ -55,10 +55,10 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         ledger.close()
 
 
-def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int]],
+def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, float | None]],
                     committed: dict[int, int], active_by_session: dict[int | None, list[ProblemRow]],
                     suite2p: dict[int, Suite2pRow], global_problems: list[str]) -> dict[str, Any]:
-    n_files, n_committed, n_failed, source_bytes = counts.get(s.id, (0, 0, 0, 0))
+    n_files, n_committed, n_failed, source_bytes, last_frame = counts.get(s.id, (0, 0, 0, 0, None))
     nwb = Path(s.nwb_path)
     active = active_by_session.get(s.id, [])
     problems = [p.message for p in active if p.severity != "warning"]
@@ -97,7 +97,25 @@ def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int]],
         "rate_hz": layout.series_rate if layout else None,
         "scan_rate_hz": layout.frame_rate if layout else None,
         "quarantine": _quarantine(s),
+        **_plugins(check),
+        # When frames were last committed; the trials table's rows and the recording's length
+        # (first to last frame) once finished; what the check said, most important first.
+        "last_frame_at": _iso(last_frame),
+        "trials": s.trials,
+        "duration_s": s.duration_s,
+        "validation_messages": check.messages[:MAX_CHECK_MESSAGES] if check else [],
     }
+
+
+MAX_CHECK_MESSAGES = 20
+
+
+def _plugins(check: CheckSummary | None) -> dict[str, Any]:
+    """Whether the finished file opens in every reader without filter plugins (null before its
+    check, or when an older rig2nwb checked it), and the datasets that need one."""
+    known = check is not None and check.plugin_datasets is not None
+    return {"opens_without_plugins": (not check.plugin_datasets) if known and check else None,
+            "plugin_datasets": list(check.plugin_datasets or []) if known and check else None}
 
 
 def _unreadable_row(s: SessionRow, exc: Exception, global_problems: list[str]) -> dict[str, Any]:
@@ -111,7 +129,9 @@ def _unreadable_row(s: SessionRow, exc: Exception, global_problems: list[str]) -
         "start_time": None, "timestamps": "unknown", "last_update": None, "finished_at": None,
         "problems": [why, *global_problems], "warnings": [], "validation": None,
         "validation_ok": None, "validation_counts": None, "suite2p": None, "rate_hz": None,
-        "scan_rate_hz": None, "quarantine": _quarantine(s),
+        "scan_rate_hz": None, "quarantine": _quarantine(s), "opens_without_plugins": None,
+        "plugin_datasets": None, "last_frame_at": None, "trials": None, "duration_s": None,
+        "validation_messages": [],
     }
 
 
@@ -178,6 +198,7 @@ def _history(ledger: Ledger, s: SessionRow, files: list[FileRow],
         "suite2p": _suite2p(s2p),
         "validation_messages": (CheckSummary.from_json(s.validation).messages
                                 if s.validation else []),
+        **_plugins(CheckSummary.from_json(s.validation) if s.validation else None),
         "files": [{"path": f.path, "state": f.state, "frames": f.frames,
                    "first_frame": f.first_frame, "size": f.size, "error": f.error}
                   for f in files],
@@ -221,7 +242,7 @@ _TIMING_LABELS = (("first_file_seen", "first file seen"), ("nwb_created", "NWB f
                   ("last_frame_committed", "last frame committed"), ("finished", "finished"))
 
 
-def timing_lines(record: dict[str, Any]) -> list[str]:
+def timing_lines(record: dict[str, Any], tz: tzinfo | None = None) -> list[str]:
     """The "timings:" part of ``rig2nwb status SESSION``: each stage's time and how long after
     the first file it came, then the durations of the check and of the suite2p attach."""
     t = record.get("timings") or {}
@@ -232,17 +253,17 @@ def timing_lines(record: dict[str, Any]) -> list[str]:
             lines.append(f"  {label:<21} -")
             continue
         since = (datetime.fromisoformat(t[key]) - start).total_seconds() if start else -1.0
-        after = f"  (+{_duration(since)})" if since >= 0 and key != "first_file_seen" else ""
-        lines.append(f"  {label:<21} {t[key]}{after}")
+        after = f"  (+{duration(since)})" if since >= 0 and key != "first_file_seen" else ""
+        lines.append(f"  {label:<21} {local_time(t[key], tz)}{after}")
     for seconds, done, label in (("check_seconds", "checked", "check took"),
                                  ("suite2p_seconds", "suite2p_attached", "suite2p attach took")):
         if t.get(seconds) is not None:
-            when = f" (done {t[done]})" if t.get(done) else ""
+            when = f" (done {local_time(t[done], tz)})" if t.get(done) else ""
             lines.append(f"  {label:<21} {t[seconds]:.3g} s{when}")
     return lines
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """``0.4 s``, ``42 s``, ``12 min 3 s``, ``3 h 5 min``: a human interval."""
     if seconds < 10:
         return f"{seconds:.1f} s"
@@ -348,15 +369,24 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None,
              for row in [header, *body]]
     if len(rows) > 1:
         lines.append(counts_line(rows, rig_wide))
+    if tz is not None:
+        lines.append(zone_line(tz, str(tz)))
     return "\n".join(lines) + footer
 
 
 def local_time(iso: str | None, tz: tzinfo | None = None) -> str:
-    """An ISO time from ``collect`` as ``2026-11-21 14:02:01`` in ``tz`` (seconds, no zone)."""
+    """An ISO time from ``collect`` as ``2026-11-21 14:02:01+01:00`` in ``tz``: the format of
+    every time people read (the log lines too, which add milliseconds; see logs.py)."""
     if not iso:
         return ""
     t = datetime.fromisoformat(iso)
-    return (t.astimezone(tz) if tz else t).strftime("%Y-%m-%d %H:%M:%S")
+    return (t.astimezone(tz) if tz else t).isoformat(sep=" ", timespec="seconds")
+
+
+def zone_line(tz: tzinfo | None, name: str) -> str:
+    """Which zone the times are in, e.g. ``times in Europe/Berlin (session.timezone), as in the
+    log``."""
+    return f"times in {name} (session.timezone), as in the log" if tz else "times in UTC"
 
 
 def _clip(text: str, n: int) -> str:

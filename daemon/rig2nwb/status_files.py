@@ -5,7 +5,8 @@ files, so one share gives both:
 
 - ``rig2nwb-status.html`` and its twin ``rig2nwb-status.json``: every session, its state and
   problems;
-- ``rig2nwb-status/<subject>_<session>.summary.png``: the picture of a finished session;
+- ``rig2nwb-status/<subject>_<session>.summary.png``: the picture of a finished session, and
+  ``...thumb.png``, the mean image of its first plane, small (the page's thumbnail);
 - ``rig2nwb-status/<subject>_<session>.preview.png``: the live preview while it is acquiring.
 
 Files are replaced atomically (a temporary file in the same folder, then ``os.replace``), so a
@@ -17,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import quote
 
 from rig2nwb.config import Config
 
@@ -43,17 +45,57 @@ def summary_png(cfg: Config, subject: str, session: str) -> Path:
     return picture_folder(cfg) / f"{_safe(subject, '_')}_{_safe(session)}.summary.png"
 
 
+def thumbnail_of(summary: Path) -> Path:
+    """The small mean image drawn with a summary picture (what the status page shows)."""
+    return summary.with_name(summary.name.removesuffix(".summary.png") + ".thumb.png")
+
+
 def preview_png(cfg: Config, subject: str, session: str) -> Path:
     """The live preview (mean of the most recent frames) while the session is acquiring."""
     return picture_folder(cfg) / f"{_safe(subject, '_')}_{_safe(session)}.preview.png"
 
 
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under 022, 0640 under 027): the
+    pages and pictures are for the whole lab, like the NWB files beside them. (mkstemp alone
+    makes 0600.) Read once: os.umask can only be read by setting it."""
+    global _MODE
+    if _MODE is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+_MODE: int | None = None
+
+
+def display_path(cfg: Config, path: Path) -> str:
+    """``path`` as people should see it: below output.folder, with notify.link_prefix in place
+    of the folder (a share such as \\\\server\\nwb, or an https URL); else absolute."""
+    prefix = cfg.notify.link_prefix
+    try:
+        rel = PurePosixPath(path.resolve().relative_to(cfg.output.folder.resolve()).as_posix())
+    except (ValueError, OSError):
+        return str(path.absolute())
+    if not prefix:
+        return str(path.absolute())
+    if "://" in prefix:
+        return prefix.rstrip("/") + "/" + quote(rel.as_posix())
+    if "\\" in prefix:
+        return str(PureWindowsPath(prefix.rstrip("\\") + "\\", *rel.parts))
+    return prefix.rstrip("/") + "/" + rel.as_posix()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` in one step; readers see the old or the new file, never a
-    mix. Not fsynced: these files are rebuilt from the ledger whenever they are lost."""
+    mix. Created with the umask's mode (file_mode). Not fsynced: these files are rebuilt from
+    the ledger whenever they are lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -37,20 +37,24 @@ from rig2nwb.logs import get_logger
 from rig2nwb.status import (
     check_cell,
     counts_line,
+    duration,
     files_cell,
     frames_cell,
     human_size,
+    local_time,
     own_problems,
     rate_cell,
     snapshot,
     sort_rows,
 )
 from rig2nwb.status_files import (
+    display_path,
     picture_folder,
     preview_png,
     status_html,
     status_json,
     summary_png,
+    thumbnail_of,
     write_atomic,
 )
 
@@ -85,16 +89,27 @@ class PageWrite:
 
 def session_pictures(cfg: Config, row: dict[str, Any]) -> tuple[Picture | None, Picture | None]:
     """(summary, preview) pictures of a session that exist on disk."""
+    found = _pictures(cfg, (("summary", summary_png(cfg, row["subject"], row["session"])),
+                            ("preview", preview_png(cfg, row["subject"], row["session"]))))
+    return found[0], found[1]
+
+
+def thumbnail(cfg: Config, row: dict[str, Any]) -> Picture | None:
+    """The small mean image drawn with the summary picture, when there is one."""
+    return _pictures(cfg, (("thumbnail", thumbnail_of(summary_png(cfg, row["subject"],
+                                                                  row["session"]))),))[0]
+
+
+def _pictures(cfg: Config, wanted: tuple[tuple[str, Path], ...]) -> list[Picture | None]:
     found: list[Picture | None] = []
-    for kind, path in (("summary", summary_png(cfg, row["subject"], row["session"])),
-                       ("preview", preview_png(cfg, row["subject"], row["session"]))):
+    for kind, path in wanted:
         try:
             st = path.stat()
         except OSError:
             found.append(None)
             continue
         found.append(Picture(path.relative_to(cfg.output.folder).as_posix(), kind, st.st_mtime_ns))
-    return found[0], found[1]
+    return found
 
 
 def linked_picture(summary: Picture | None, preview: Picture | None) -> Picture | None:
@@ -110,14 +125,19 @@ def build(cfg: Config, *, running: bool, now: float | None = None) -> tuple[dict
     rows, rig_wide = snapshot(cfg)
     rows = sort_rows(rows)
     sessions = []
-    pictures: list[Picture | None] = []
+    pictures: list[tuple[Picture | None, Picture | None]] = []
     for r in rows:
         summary, preview = session_pictures(cfg, r)
         pic = linked_picture(summary, preview)
-        pictures.append(pic)
+        thumb = thumbnail(cfg, r) if summary is not None else None
+        # The page shows a picture you can read at its size: the summary's mean-image
+        # thumbnail, linking the full summary; else the live preview (already small).
+        pictures.append((pic, thumb or pic))
         sessions.append({**r, "summary_picture": summary.rel if summary else None,
                          "preview_picture": preview.rel if preview else None,
-                         "picture": pic.rel if pic else None})
+                         "thumbnail_picture": thumb.rel if thumb else None,
+                         "picture": pic.rel if pic else None,
+                         "nwb_link": display_path(cfg, Path(r["nwb_path"]))})
     data = {
         "generated_at": datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds"),
         "rig": cfg.rig.name,
@@ -160,14 +180,14 @@ def _clip(text: str, n: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def _when(iso: str | None, cfg: Config) -> str:
-    if not iso:
-        return "-"
-    return datetime.fromisoformat(iso).astimezone(cfg.tz).strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(iso, cfg.tz) if iso else "-"
 
 
-def render_html(cfg: Config, data: dict[str, Any], pictures: list[Picture | None], *,
+def render_html(cfg: Config, data: dict[str, Any],
+                pictures: list[tuple[Picture | None, Picture | None]], *,
                 now: float) -> str:
     written = datetime.fromtimestamp(now, tz=cfg.tz)
+    stamp = written.isoformat(sep=" ", timespec="seconds")
     running = data["daemon"] == "running"
     rig_wide: list[str] = data["rig_problems"]
     rows: list[dict[str, Any]] = data["sessions"]
@@ -185,7 +205,7 @@ def render_html(cfg: Config, data: dict[str, Any], pictures: list[Picture | None
         "<body>",
         "<header>",
         f"<h1>{_e(data['rig'])} <span>rig2nwb status</span></h1>",
-        f'<p class="meta">page written <b>{written:%Y-%m-%d %H:%M:%S %Z}</b> &middot; daemon '
+        f'<p class="meta">page written <b>{_e(stamp)}</b> &middot; daemon '
         + ('<span class="run">running</span>' if running else '<span class="stop">stopped</span>')
         + f" &middot; rig2nwb {_e(data['version'])}</p>",
         "</header>",
@@ -193,7 +213,7 @@ def render_html(cfg: Config, data: dict[str, Any], pictures: list[Picture | None
     ]
     if not running:
         out.append(f'<div class="banner stopped"><b>rig2nwb is stopped</b> (since '
-                   f"{written:%Y-%m-%d %H:%M:%S}): nothing is being converted and this page is "
+                   f"{_e(stamp)}): nothing is being converted and this page is "
                    "not updated until it starts again.</div>")
     rig_errors = [p for p in rig_wide if not p.startswith("warning: ")]
     rig_warnings = [p.removeprefix("warning: ") for p in rig_wide if p.startswith("warning: ")]
@@ -216,14 +236,15 @@ def render_html(cfg: Config, data: dict[str, Any], pictures: list[Picture | None
             '<th title="cells / ROIs once attached">suite2p</th>'
             '<th title="pynwb validator + nwbinspector: Critical / Violations / Suggestions">check</th>'
             '<th>last update</th><th class="msgcol">problems</th></tr></thead><tbody>')
-        out += [_row(cfg, r, pic, rig_wide) for r, pic in zip(rows, pictures, strict=True)]
+        out += [_row(cfg, r, pic, rig_wide, now) for r, pic in zip(rows, pictures, strict=True)]
         out.append("</tbody></table>")
     out += [
         "</main>",
         f"<footer>Written by rig2nwb whenever something changes, at least every "
         f"{HEARTBEAT_SECONDS:.0f} s while it runs; an open page reloads every {refresh} s. "
-        "If &ldquo;page written&rdquo; is several minutes old, the daemon is not running. Times "
-        f"in {_e(cfg.session.timezone)}. One session in full: <code>rig2nwb status SESSION</code>; "
+        "If &ldquo;page written&rdquo; is several minutes old, the daemon is not running. All "
+        f"times are in {_e(cfg.session.timezone)} (session.timezone), as in the log. One session "
+        "in full: <code>rig2nwb status SESSION</code>; "
         f'the same data as JSON: <a href="{quote(status_json(cfg).name)}">'
         f"{_e(status_json(cfg).name)}</a>.</footer>",
         "</body>",
@@ -233,21 +254,28 @@ def render_html(cfg: Config, data: dict[str, Any], pictures: list[Picture | None
     return "\n".join(out)
 
 
-def _row(cfg: Config, r: dict[str, Any], pic: Picture | None, rig_wide: list[str]) -> str:
+def _row(cfg: Config, r: dict[str, Any], pics: tuple[Picture | None, Picture | None],
+         rig_wide: list[str], now: float) -> str:
     errors = own_problems(r, rig_wide)
     warnings: list[str] = r["warnings"]
     cls = "err" if errors or r["validation_ok"] is False else ("warn" if warnings else "")
-    if pic is None:
+    pic, shown = pics
+    if pic is None or shown is None:
         picture = '<div class="nopic">no picture</div>'
     else:
-        label = "summary" if pic.kind == "summary" else (
+        label = "mean image &middot; summary" if pic.kind == "summary" and shown is not pic else (
+            "summary" if pic.kind == "summary" else
             "live preview" if r["state"] != "finished" else "last preview")
-        picture = (f'<a href="{_e(pic.href)}"><img class="thumb" src="{_e(pic.href)}" '
-                   f'alt="{label} of {_e(r["subject"])}/{_e(r["session"])}" loading="lazy"></a>'
-                   f'<div class="cap">{label}</div>')
+        picture = (f'<a href="{_e(pic.href)}" title="open the full picture">'
+                   f'<img class="thumb" src="{_e(shown.href)}" '
+                   f'alt="{_e(shown.kind)} of {_e(r["subject"])}/{_e(r["session"])}" '
+                   f'loading="lazy"></a><div class="cap">{label}</div>')
     site = f' <span class="muted">{_e(r["site"])}</span>' if r["site"] else ""
+    link = str(r.get("nwb_link") or r["nwb_path"])
+    path = (f'<a href="{_e(link)}">{_e(link)}</a>' if link.startswith(("http://", "https://"))
+            else _e(link))
     session = (f'<div class="name">{_e(r["subject"])} / {_e(r["session"])}{site}</div>'
-               f'<div class="path">{_e(r["nwb_path"])}</div>')
+               f'<div class="path">{path}</div>{_facts_html(cfg, r, now)}')
     stage = f'<span class="badge s-{_e(r["state"])}">{_e(r["state"])}</span>'
     return (f'<tr class="{cls}"><td class="pic">{picture}</td><td>{session}</td><td>{stage}</td>'
             f'<td class="num">{_e(frames_cell(r))}</td><td class="num">{_e(files_cell(r))}</td>'
@@ -255,6 +283,29 @@ def _row(cfg: Config, r: dict[str, Any], pic: Picture | None, rig_wide: list[str
             f'<td class="num">{_e(rate_cell(r))}</td><td>{_suite2p_html(r["suite2p"])}</td>'
             f"<td>{_check_html(r)}</td><td class=\"when\">{_e(_when(r['last_update'], cfg))}</td>"
             f"<td>{_messages_html(errors, warnings)}</td></tr>")
+
+
+def _facts_html(cfg: Config, r: dict[str, Any], now: float) -> str:
+    """Start, length, trials and the source of the frame times; while acquiring, for how long
+    and how long ago the last frame came."""
+    facts = []
+    if r.get("start_time"):
+        facts.append(f"start {local_time(r['start_time'], cfg.tz)}")
+    if r["state"] == "finished":
+        if r.get("duration_s") is not None:
+            facts.append(duration(float(r["duration_s"])))
+        if r.get("trials") is not None:
+            facts.append(f"{r['trials']} trial{'s' * (r['trials'] != 1)}")
+    elif r["state"] in ("acquiring", "paused") and r.get("start_time"):
+        started = datetime.fromisoformat(r["start_time"]).timestamp()
+        facts.append(f"acquiring for {duration(max(0.0, now - started))}")
+        if r.get("last_frame_at"):
+            ago = max(0.0, now - datetime.fromisoformat(r["last_frame_at"]).timestamp())
+            facts.append(f"last frame {duration(ago)} ago")
+    out = f'<div class="small">{_e(" · ".join(facts))}</div>' if facts else ""
+    if r["state"] == "finished" and r.get("timestamps"):
+        out += f'<div class="small">timestamps: {_e(_clip(r["timestamps"], 160))}</div>'
+    return out
 
 
 def _suite2p_html(s: dict[str, Any] | None) -> str:
@@ -276,8 +327,18 @@ def _check_html(r: dict[str, Any]) -> str:
         return '<span class="muted">pending</span>'
     css = "good" if r["validation_ok"] else "bad"
     head, _, counts = text.partition(" ")
-    return (f'<span class="{css}" title="{_e(r["validation"])}">{_e(head)}</span>'
-            f'<div class="small">{_e(counts)}</div>')
+    plugins = ""
+    if r.get("opens_without_plugins") is False:
+        plugins = '<div class="small bad">needs filter plugins (rig2nwb repack)</div>'
+    messages = r.get("validation_messages") or []
+    if not messages:
+        return (f'<span class="{css}" title="{_e(r["validation"])}">{_e(head)}</span>'
+                f'<div class="small">{_e(counts)}</div>{plugins}')
+    # What each violation says, one click away (no JavaScript: a details element).
+    items = "".join(f"<li>{_e(_clip(m, 300))}</li>" for m in messages)
+    return (f'<details><summary><span class="{css}">{_e(head)}</span> '
+            f'<span class="small">{_e(counts)}</span></summary><ul class="checks">{items}</ul>'
+            f"</details>{plugins}")
 
 
 def _messages_html(errors: list[str], warnings: list[str]) -> str:
@@ -321,12 +382,14 @@ tr.warn td:first-child{box-shadow:inset 5px 0 #d4a72c}
 tr.err{background:#fff8f7}
 .num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 .when{white-space:nowrap;font-variant-numeric:tabular-nums}
-td.pic{width:98px;padding-left:14px}
-.thumb{display:block;width:80px;height:80px;object-fit:cover;border-radius:4px;
+td.pic{width:138px;padding-left:14px}
+.thumb{display:block;width:120px;height:120px;object-fit:contain;border-radius:4px;
 border:1px solid #d0d7de;background:#000}
-.nopic{width:80px;height:80px;border:1px dashed #d0d7de;border-radius:4px;color:#8c959f;
+.nopic{width:120px;height:120px;border:1px dashed #d0d7de;border-radius:4px;color:#8c959f;
 font-size:11px;display:flex;align-items:center;justify-content:center;text-align:center}
 .cap{font-size:11px;color:#57606a;margin-top:2px}
+details summary{cursor:pointer;white-space:nowrap}
+ul.checks{margin:4px 0 0;padding-left:16px;font-size:12px;max-width:36em}
 .name{font-weight:600;white-space:nowrap}
 .path{font:12px/1.3 ui-monospace,SFMono-Regular,Consolas,"Liberation Mono",monospace;color:#57606a;
 word-break:break-all;margin-top:2px;max-width:26em}

@@ -188,7 +188,7 @@ class _Traces:
 
     def __init__(self, compression: dict[str, Any], threads: int) -> None:
         self.compression = compression
-        self.defer = compression.get("compression") == "gzip" and not compression.get("shuffle")
+        self.defer = compression.get("compression") == "gzip"  # shuffled or not
         self.threads = threads
         self.deferred: list[_Deferred] = []
 
@@ -212,6 +212,8 @@ class _Traces:
 def _wrap(data: Any, compression: dict[str, Any], chunks: tuple[int, ...] | None) -> Any:
     from hdmf.backends.hdf5.h5_utils import H5DataIO
 
+    if not compression and chunks is None:  # compression off: a plain array stays plain
+        return data
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*may not be available on all installations")
         return H5DataIO(data=data, chunks=chunks, **compression)
@@ -220,9 +222,12 @@ def _wrap(data: Any, compression: dict[str, Any], chunks: tuple[int, ...] | None
 def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTarget],
                   compression: dict[str, Any],
                   baseline_for: Callable[[Suite2pPlane, PlaneTarget], BaselineSettings],
-                  source: str, compress_threads: int = 1) -> AttachSummary:
+                  source: str, compress_threads: int = 1,
+                  standard: dict[str, Any] | None = None) -> AttachSummary:
     """Write every plane's results into the staging module of ``path`` (replacing an old staging
-    group), then flush and fsync. The live ``ophys`` module is not touched."""
+    group), then flush and fsync. The live ``ophys`` module is not touched. ``compression``:
+    the traces' filters; ``standard``: every other dataset's (pixel masks, images, offsets,
+    frame times), built-in filters only."""
     from pynwb import NWBHDF5IO
 
     t0 = time.perf_counter()
@@ -241,8 +246,8 @@ def write_staging(path: Path, planes: list[Suite2pPlane], targets: list[PlaneTar
             settings = baseline_for(plane, target)
             clamped = [0]
             counters.append(clamped)
-            summary.per_plane.append(_add_plane(nwb, mod, containers, plane, target, compression,
-                                                settings, traces, clamped))
+            summary.per_plane.append(_add_plane(nwb, mod, containers, plane, target,
+                                                standard or {}, settings, traces, clamped))
         io.write(nwb)
     with h5py.File(path, "r+") as f:
         traces.fill(f)
@@ -275,7 +280,7 @@ def _containers(mod: Any) -> dict[str, Any]:
 
 
 def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, target: PlaneTarget,
-               compression: dict[str, Any], settings: BaselineSettings, traces: _Traces,
+               standard: dict[str, Any], settings: BaselineSettings, traces: _Traces,
                clamped: list[int]) -> dict[str, Any]:
     from hdmf.common import VectorData, VectorIndex
     from pynwb.base import Images, TimeSeries
@@ -291,9 +296,8 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
         pm["x"] = np.concatenate(plane.ypix)
         pm["y"] = np.concatenate(plane.xpix)
         pm["weight"] = np.concatenate(plane.lam)
-    # Not compressed: hdmf's compound-dtype writer drops allow_plugin_filters (blosc fails), and
-    # masks are small (12 bytes a pixel).
-    mask = VectorData(name="pixel_mask", data=pm,
+    # Built-in filters (hdmf's compound-dtype writer keeps them; it drops plugin ones).
+    mask = VectorData(name="pixel_mask", data=_wrap(pm, standard, None) if len(pm) else pm,
                       description="pixel masks (x = image row = suite2p ypix, y = image column = "
                                   "suite2p xpix, weight = suite2p lam)")
     index = VectorIndex(name="pixel_mask_index", data=np.cumsum(counts).astype(np.uint64),
@@ -319,7 +323,7 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
         imaging_plane=nwb.imaging_planes[target.imaging_plane],
         reference_images=nwb.acquisition[target.series],
         id=np.arange(n), columns=columns)
-    timing = _timing(target)
+    timing = _timing(target, standard)
 
     def series(container: str, name: str, block: Callable[[int, int], np.ndarray], unit: str,
                description: str) -> None:
@@ -375,7 +379,8 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
         if img is None:
             continue
         extra = crop if key in ("Vcorr", "max_proj") else ""
-        images.append(GrayscaleImage(name=key, data=np.asarray(img, dtype=np.float32),
+        images.append(GrayscaleImage(name=key, data=_wrap(np.asarray(img, dtype=np.float32),
+                                                          standard, None),
                                      description=f"{text}; [row, column] like the movie.{extra}"))
     if images:
         mod.add(Images(name=f"Backgrounds{sfx}", images=images,
@@ -384,14 +389,16 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
     if "yoff" in offsets and "xoff" in offsets:
         mod.add(TimeSeries(
             name=f"MotionOffsets{sfx}", unit="pixels",
-            data=np.stack([offsets["yoff"], offsets["xoff"]], axis=1).astype(np.float32),
+            data=_wrap(np.stack([offsets["yoff"], offsets["xoff"]], axis=1).astype(np.float32),
+                       standard, None),
             description=(f"rigid registration offsets of {where}: column 0 = yoff (rows), "
                          "column 1 = xoff (columns), the shift suite2p applied to each frame."),
             **timing()))
     if "yoff1" in offsets and "xoff1" in offsets:
         mod.add(TimeSeries(
             name=f"NonrigidMotionOffsets{sfx}", unit="pixels",
-            data=np.stack([offsets["yoff1"], offsets["xoff1"]], axis=2).astype(np.float32),
+            data=_wrap(np.stack([offsets["yoff1"], offsets["xoff1"]], axis=2).astype(np.float32),
+                       standard, None),
             description=(f"non-rigid registration offsets of {where}: (time, block, [yoff1, "
                          "xoff1]) per registration block, in rows and columns."),
             **timing()))
@@ -401,13 +408,15 @@ def _add_plane(nwb: Any, mod: Any, c: dict[str, Any], plane: Suite2pPlane, targe
             "neuropil_coefficient": settings.neuropil_coefficient, "style": plane.style}
 
 
-def _timing(target: PlaneTarget) -> Callable[[], dict[str, Any]]:
+def _timing(target: PlaneTarget, standard: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     """Frame times for each new series: a fresh copy of the raw series' timestamps (never a
     link, see the module docstring), or its rate + starting_time."""
     if target.timestamps is None:
         return lambda: {"rate": target.rate, "starting_time": target.starting_time}
     stamps = target.timestamps
-    return lambda: {"timestamps": stamps.copy()}
+    if not len(stamps):
+        return lambda: {"timestamps": stamps.copy()}
+    return lambda: {"timestamps": _wrap(stamps.copy(), standard, None)}
 
 
 def _check_no_inner_links(f: h5py.File, group: str) -> None:

@@ -46,7 +46,7 @@ from rig2nwb.config import Config
 from rig2nwb.dff import BaselineSettings
 from rig2nwb.ledger import Ledger, SessionRow, Suite2pRow
 from rig2nwb.logs import get_logger
-from rig2nwb.nwbwriter import compression_args, is_lock_error
+from rig2nwb.nwbwriter import compression_args, is_lock_error, standard_args
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.quarantine import describe, is_session_error, quarantine_session
 from rig2nwb.rigfs import UnsafeRigPath, is_rig_dir, split_inside
@@ -275,7 +275,8 @@ class Suite2pStage:
             work = make_work_copy(nwb)
             summary = write_staging(work, planes, targets, compression_args(self.cfg),
                                     self._baseline, str(folder),
-                                    resolve_threads(self.cfg.append.compress_threads))
+                                    resolve_threads(self.cfg.append.compress_threads),
+                                    standard_args(self.cfg))
             swap_in(work)
         except OSError as exc:
             self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready",

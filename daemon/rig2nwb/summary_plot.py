@@ -719,3 +719,22 @@ def palettize(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def render_summary(nwb_path: Path) -> bytes:
     """The summary picture of ``nwb_path`` as PNG bytes (about 1600 x 1000 pixels)."""
     return render_png(build_figure(nwb_path))
+
+
+def render_both(nwb_path: Path) -> tuple[bytes, bytes | None]:
+    """The summary picture and a thumbnail of the first plane's mean image (at most
+    THUMB_SIDE pixels a side, readable at the size the status page shows it; None when the
+    session has no frames)."""
+    from rig2nwb.preview import encode_png, shrink, to_uint8
+
+    data = read_summary(nwb_path)
+    thumb = None
+    if data.images and data.images[0].mean is not None:
+        img = data.images[0]
+        assert img.mean is not None
+        thumb = encode_png(to_uint8(shrink(img.mean, THUMB_SIDE)),
+                           f"rig2nwb thumbnail: mean of {img.sampled} frames of {img.series}")
+    return render_png(draw_summary(data)), thumb
+
+
+THUMB_SIDE = 160

@@ -88,6 +88,9 @@ class CheckSummary:
     checked: bool = True
     picture: str | None = None
     picture_error: str | None = None
+    # Datasets whose filters need a plugin in the reader ("/path: blosc"); [] = the file opens
+    # in every reader; None = not looked at (a summary from before this was checked).
+    plugin_datasets: list[str] | None = None
 
     @classmethod
     def failure(cls, reason: str, *, seconds: float = 0.0) -> CheckSummary:
@@ -122,6 +125,9 @@ class CheckSummary:
                 raise TypeError("messages is not a list")
             failed = raw.get("failed")
             picture, picture_error = raw.get("picture"), raw.get("picture_error")
+            plugins = raw.get("plugin_datasets")
+            if plugins is not None and not isinstance(plugins, list):
+                raise TypeError("plugin_datasets is not a list")
             return cls(
                 validation_errors=int(raw["validation_errors"]),
                 counts=counts,
@@ -131,6 +137,7 @@ class CheckSummary:
                 checked=bool(raw.get("checked", True)),  # summaries stored before pictures existed
                 picture=None if picture is None else str(picture),
                 picture_error=None if picture_error is None else str(picture_error),
+                plugin_datasets=None if plugins is None else [str(p) for p in plugins],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a check summary: {e}") from e
@@ -150,6 +157,8 @@ class CheckSummary:
                 f"{_plural(c.get('BEST_PRACTICE_SUGGESTION', 0), 'suggestion')}")
         if c.get("ERROR", 0):
             line += f", {_plural(c['ERROR'], 'check error')}"
+        if self.plugin_datasets:
+            line += f"; needs filter plugins ({_plural(len(self.plugin_datasets), 'dataset')})"
         return line
 
 
@@ -400,14 +409,31 @@ class CheckRun:
         return self._failure(why)
 
 
-def draw_picture(nwb: Path, png: Path) -> str | None:
-    """Write the summary picture of ``nwb`` to ``png``; None when done, else why not (one line).
-    Run after the checks, in the same child: the engine does not write the file meanwhile."""
+def _plugins(path: Path) -> list[str] | None:
+    """The file's datasets that need a filter plugin (None when the file cannot be read)."""
     try:
-        from rig2nwb.status_files import write_atomic
-        from rig2nwb.summary_plot import render_summary
+        import h5py
 
-        write_atomic(png, render_summary(nwb))
+        from rig2nwb.filters import plugin_datasets
+
+        with h5py.File(path, "r") as f:
+            return plugin_datasets(f)
+    except Exception:  # reported by the checks themselves
+        return None
+
+
+def draw_picture(nwb: Path, png: Path) -> str | None:
+    """Write the summary picture of ``nwb`` to ``png`` (and its thumbnail beside it, see
+    status_files.thumbnail_of); None when done, else why not (one line). Run after the checks,
+    in the same child: the engine does not write the file meanwhile."""
+    try:
+        from rig2nwb.status_files import thumbnail_of, write_atomic
+        from rig2nwb.summary_plot import render_both
+
+        picture, thumb = render_both(nwb)
+        write_atomic(png, picture)
+        if thumb is not None:
+            write_atomic(thumbnail_of(png), thumb)
     except Exception as e:  # whatever the file holds, the picture never fails the check
         traceback.print_exc()
         return _clip(f"{png.name}: {_exc(e)}")
@@ -432,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # check_nwb should not raise; if it does, still print a summary
         summary = CheckSummary.failure(f"check crashed: {_exc(e)}")
         traceback.print_exc()
+    summary = replace(summary, plugin_datasets=_plugins(args.path))
     if args.picture is not None:
         error = draw_picture(args.path, args.picture)
         summary = replace(summary, picture=None if error else str(args.picture), picture_error=error)
