@@ -174,9 +174,12 @@ def _with_scan(scan: str | bytes) -> Callable[[Case, Lab, Path], None]:
 
 
 def _trial_crlf_bom(case: Case, lab: Lab, outside: Path) -> None:
-    frames = _frames(case, 6, 6)
+    # 30 frames (1 s): trials at 100 and 700 ms, whose padded starts (500 ms before, clamped
+    # at 0) differ; two trials in the first 500 ms would both start at 0, which nwbinspector
+    # calls CRITICAL (check_time_intervals_start_time_not_constant): not what this case tests.
+    frames = _frames(case, 30, 6)
     write_tiff(_tiff_dir(case, lab) / "x_00001.tif", frames)
-    _lab_files(case, lab, len(frames), trial=b"\xef\xbb\xbf10 5 0 0.04 0 90\r\n60 5 0 0.08 0 180\r\n")
+    _lab_files(case, lab, len(frames), trial=b"\xef\xbb\xbf100 5 0 0.04 0 90\r\n700 5 0 0.08 0 180\r\n")
     case.frames = frames
 
 

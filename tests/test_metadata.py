@@ -247,13 +247,16 @@ def test_symlink_outside_the_rig_is_refused(lab: Lab, tmp_path: Path) -> None:
     assert "pointing outside the rig folder" in problem(lab, lab.root / "m2").message
 
 
-def test_symlink_inside_the_rig_is_followed(lab: Lab) -> None:
+def test_symlink_inside_the_rig_is_refused_too(lab: Lab) -> None:
+    """Decided with the hostile-share work: no link in the rig folder is followed, not even one
+    pointing inside it, since anyone may switch it to point elsewhere between a look and a
+    read. The refusal says where it points."""
     shared = sidecar(lab.root / "shared", '[subject]\nsex = "M"\nage = "P30D"\n')
     (lab.root / "m1").mkdir()
     (lab.root / "m1" / SIDECAR_NAME).symlink_to(shared)
-    meta = load_metadata(lab.config(), lab.session_dir())
-    assert (meta.subject.sex, meta.subject.age) == ("M", "P30D")
-    assert meta.sources == ("m1/rig2nwb.toml",)
+    exc = problem(lab, lab.session_dir())
+    assert exc.file == "m1/rig2nwb.toml"
+    assert "is a symbolic link (to " in exc.message and "reads nothing through links" in exc.message
 
 
 def test_broken_symlink_and_folder_named_like_a_sidecar(lab: Lab) -> None:

@@ -27,6 +27,7 @@ from rig2nwb.rigfs import (
     walk_rig,
 )
 from rig2nwb.safepickle import MAX_DEPTH, NpyError, load_npy, structure_problem
+from tests.conftest import remove_deep
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and FIFOs")
 
@@ -149,10 +150,12 @@ def test_swapping_a_file_for_a_link_never_reads_the_target(rig: Path, tmp_path: 
     assert reads > 0 and refused > 0, (reads, refused)
 
 
-def test_walk_is_iterative_bounded_and_never_follows_links(rig: Path, tmp_path: Path) -> None:
+def test_walk_is_iterative_bounded_and_never_follows_links(rig: Path, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
     # 1,200 folders deep: os.walk raised RecursionError on this.
     deep = rig / "m1" / "deep"
     deep.mkdir()
+    request.addfinalizer(lambda: remove_deep(deep))  # pytest's own cleanup would recurse
     fd = os.open(deep, os.O_RDONLY)
     try:
         for _ in range(1200):

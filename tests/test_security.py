@@ -141,9 +141,12 @@ def test_hostile_names_write_nothing_outside_output_and_state(tmp_path: Path,
     (lab.root / "m5" / "site1").symlink_to(outside / "linked", target_is_directory=True)
     lab.config()  # the config itself is valid
 
-    # pynwb caches its type map (a pickle) in ~/.cache/pynwb-hdmf when it is first imported:
-    # the library's own cache, written whatever the names are; everything else counts.
-    skip = (lab.root, lab.out, lab.state, home / ".cache" / "pynwb-hdmf")
+    # pynwb caches its type map (a pickle) in ~/.cache/pynwb-hdmf when it is first imported, and
+    # matplotlib its font list in ~/.cache/matplotlib (the check child drawing a picture; under
+    # systemd MPLCONFIGDIR points elsewhere): the libraries' own caches, written whatever the
+    # names are; everything else counts.
+    skip = (lab.root, lab.out, lab.state, home / ".cache" / "pynwb-hdmf",
+            home / ".cache" / "matplotlib")
     before, rig_before = snapshot(tmp_path, skip), snapshot(lab.root)
 
     def done(engine: Any) -> bool:

@@ -8,6 +8,8 @@ construct, never from rig2nwb.
 
 from __future__ import annotations
 
+import os
+
 import json
 import pickle
 import shutil
@@ -248,14 +250,28 @@ def test_fingerprint(tmp_path: Path) -> None:
 def test_fingerprint_skips_a_file_that_vanishes_while_listed(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     folder = make_synthetic_folder(tmp_path / "suite2p", n_rois=2, n_frames=5, Ly=8, Lx=8)
-    real_stat = Path.stat
+    real_scandir = os.scandir
 
-    def stat(self: Path, *args: Any, **kw: Any) -> Any:
-        if self.name == "Fneu.npy":
-            raise FileNotFoundError(self)
-        return real_stat(self, *args, **kw)
+    class Vanishing:  # a directory entry whose file is deleted between listing and lstat
+        def __init__(self, entry: Any) -> None:
+            self.entry, self.name = entry, entry.name
 
-    monkeypatch.setattr(Path, "stat", stat)
+        def stat(self, *args: Any, **kw: Any) -> Any:
+            if self.name == "Fneu.npy":
+                raise FileNotFoundError(self.name)
+            return self.entry.stat(*args, **kw)
+
+    class Listing:
+        def __init__(self, *args: Any) -> None:
+            self.inner = real_scandir(*args)
+
+        def __enter__(self) -> Any:
+            return (Vanishing(e) for e in self.inner)
+
+        def __exit__(self, *exc: Any) -> None:
+            self.inner.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)  # what rigfs lists folders with
     names = [row[0] for row in fingerprint(folder)]
     assert "plane0/Fneu.npy" not in names and "plane0/F.npy" in names
 

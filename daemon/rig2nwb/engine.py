@@ -58,6 +58,7 @@ from rig2nwb.rigfs import (
     FileId,
     FolderFilter,
     UnsafeRigPath,
+    link_text,
     list_rig_dir,
     lstat_rig,
     walk_rig,
@@ -158,6 +159,9 @@ class Engine:
         self.suite2p = Suite2pStage(cfg, ledger)
         # Worker deaths counted per (session, phase) not yet followed by a completed phase.
         self.deaths = ledger.crash_counts()
+        # Rig names reported as links or FIFOs -> their session (None: rig-wide), until regular.
+        self.not_regular: dict[str, int | None] = {
+            p.file: p.session_id for p in ledger.problems() if p.code == "not_regular"}
 
     # --- the session boundary ------------------------------------------------------------------
 
@@ -208,6 +212,7 @@ class Engine:
             self.root_ok = True
         start = self.convert_scope or self.root
         seen: set[str] = set()
+        present: set[str] = set()
         lab: dict[Key, LabFiles] = {}
         # Iterative, bounded by what the patterns can reach, never through links (rigfs): a
         # planted tree 1,200 folders deep or a link to elsewhere costs nothing.
@@ -218,6 +223,7 @@ class Engine:
                 if entry.is_dir:
                     continue
                 rel = f"{base}/{entry.name}" if base else entry.name
+                present.add(rel)
                 obs = self.tiffs.get(rel)
                 if obs is not None and entry.is_file and (
                         entry.st.st_size, entry.st.st_mtime_ns, entry.st.st_ino) == (
@@ -232,6 +238,9 @@ class Engine:
             return  # a partial walk must not make files look deleted
         for rel in [r for r in self.tiffs if r not in seen]:
             self._forget(rel)
+        if self.convert_scope is None:
+            for rel in [r for r in self.not_regular if r not in present]:
+                self.ledger.clear_problem(self.not_regular.pop(rel), "not_regular", rel)
         if self.convert_scope is not None:
             self._find_lab_files(lab)
         for key in set(lab) | set(self.lab):
@@ -306,6 +315,7 @@ class Engine:
             if not stat.S_ISREG(st.st_mode):
                 self._not_regular(rel, st)
                 return None
+            self._regular_again(rel)
             self._update_tiff(rel, st, values, closed)
             return "tiff"
         for kind, pat in self.lab_pats:
@@ -314,6 +324,7 @@ class Engine:
                 if not stat.S_ISREG(st.st_mode):
                     self._not_regular(rel, st)
                     return None
+                self._regular_again(rel)
                 key = (v.get("subject") or self.cfg.rig.subject, v["session"])
                 entry = lab.setdefault(key, LabFiles())
                 lab[key] = LabFiles(**{**entry.__dict__, kind: rel})
@@ -321,13 +332,30 @@ class Engine:
         return None
 
     def _not_regular(self, rel: str, st: os.stat_result) -> None:
-        """A name the patterns take that is a link, a FIFO, a device...: reported, never read."""
-        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
-                "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        """A name the patterns take that is a link, a FIFO, a device...: reported (on its
+        session when that exists, else rig-wide), never read."""
+        if stat.S_ISLNK(st.st_mode):
+            what = link_text(self.root, self.root / rel)
+        else:
+            kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            what = f"is {kind}; rig2nwb reads only regular files in the rig folder"
         if rel in self.tiffs:
             self._forget(rel)
-        self._rig_problem("not_regular", rel, f"{rel}: is {what}; rig2nwb reads only regular "
-                          "files in the rig folder (nothing through links)")
+        message = f"{printable(rel)}: {what}"
+        values = self.frames_pat.match(rel) or next(
+            (v for _, pat in self.lab_pats if (v := pat.match(rel)) is not None), None)
+        sess = None if values is None else self.ledger.session(
+            values.get("subject") or self.cfg.rig.subject, values.get("session", ""))
+        if sess is not None:
+            self._problem(sess, "not_regular", message, rel, self.log.bind(session=sess.session))
+        else:
+            self._rig_problem("not_regular", rel, message)
+        self.not_regular[rel] = sess.id if sess is not None else None
+
+    def _regular_again(self, rel: str) -> None:
+        """A name reported as a link or FIFO is a regular file now: the problem is over."""
+        if rel in self.not_regular:
+            self.ledger.clear_problem(self.not_regular.pop(rel), "not_regular", rel)
 
     def _update_tiff(self, rel: str, st: os.stat_result, values: dict[str, str],
                      closed: bool) -> None:

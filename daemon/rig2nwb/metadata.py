@@ -160,7 +160,8 @@ def _read_sidecar(path: Path, root: Path, rel: str) -> dict[str, Any]:
             raise MetadataProblem(rel, [_too_big(MAX_SIDECAR_BYTES + 1)]) from None
         if exc.code == "not_regular":
             raise MetadataProblem(rel, ["is not a regular file"]) from None
-        raise MetadataProblem(rel, [exc.message.removeprefix(f"{rel} ")]) from None
+        raise MetadataProblem(rel, [exc.message.removeprefix(f"{rel}: ").removeprefix(f"{rel} ")]) \
+            from None
     except FileNotFoundError:
         raise MetadataProblem(rel, ["cannot be read: it vanished"]) from None
     except OSError as exc:

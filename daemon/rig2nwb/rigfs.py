@@ -85,9 +85,36 @@ def split_inside(root: Path, path: Path | str) -> list[str]:
     return parts
 
 
-def _link_problem(shown: str) -> UnsafeRigPath:
-    return UnsafeRigPath("symlink", f"{shown} is a symbolic link (or lies in a linked folder); "
-                         "rig2nwb reads nothing through links in the rig folder")
+def link_text(root: Path, link: Path) -> str:
+    """What a link in the rig folder is, for people: where it points (read with readlink,
+    nothing is read through it) and why that is not followed."""
+    try:  # the link may be switched meanwhile: then only that it was a link is known
+        target = os.readlink(link)
+        real = os.path.realpath(link)
+    except OSError:
+        return "is a symbolic link; rig2nwb reads nothing through links in the rig folder"
+    if not os.path.lexists(real) or not os.path.exists(link):
+        return (f"is a broken symbolic link (to {target}); rig2nwb reads nothing through links "
+                "in the rig folder")
+    base = os.path.realpath(root)
+    if not (real == base or real.startswith(os.path.join(base, ""))):
+        return (f"is a symbolic link pointing outside the rig folder, to {real}; rig2nwb reads "
+                "nothing outside rig.root, nor through links")
+    return (f"is a symbolic link (to {target}); rig2nwb reads nothing through links in the rig "
+            "folder (a link can be switched to point elsewhere at any moment)")
+
+
+def _link_problem(shown: str, root: Path | None = None, link: Path | None = None) -> UnsafeRigPath:
+    if root is None or link is None:
+        text = ("is a symbolic link (or lies in a linked folder); rig2nwb reads nothing through "
+                "links in the rig folder")
+    else:
+        text = link_text(root, link)
+        inner = Path(*split_inside(root, link)).as_posix() if link != root else ""
+        if inner and inner != shown:
+            text = f"lies in {inner}, which {text}"
+    return UnsafeRigPath("symlink", f"{shown}: {text}" if not text.startswith("lies") else
+                         f"{shown} {text}")
 
 
 def _open_root(root: Path) -> int:
@@ -98,13 +125,13 @@ def _walk_dirs(root: Path, dirs: list[str], shown: str) -> int:
     """An fd on the folder ``root/dirs...``, every component opened without following links."""
     fd = _open_root(root)
     try:
-        for part in dirs:
+        for i, part in enumerate(dirs):
             try:
                 nxt = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC,
                               dir_fd=fd)
             except OSError as exc:
                 if _is_link_error(exc, part, fd):
-                    raise _link_problem(shown) from None
+                    raise _link_problem(shown, root, root.joinpath(*dirs[:i + 1])) from None
                 raise
             os.close(fd)
             fd = nxt
@@ -165,7 +192,7 @@ def open_rig_file(root: Path, path: Path | str, *, expect: FileId | None = None,
                              dir_fd=dfd)
             except OSError as exc:
                 if _is_link_error(exc, parts[-1], dfd):
-                    raise _link_problem(shown) from None
+                    raise _link_problem(shown, root, root.joinpath(*parts)) from None
                 raise
         finally:
             os.close(dfd)
