@@ -60,7 +60,7 @@ def mode_of(path: Path) -> int:
 def run_with_umask(lab: Lab, umask: int, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rig2nwb", *args, "--config", str(lab.config_path)],
                           capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: os.umask(umask))  # noqa: PLW1509 (no threads here)
+                          preexec_fn=lambda: os.umask(umask))
 
 
 @pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o027, 0o640)])

@@ -279,7 +279,7 @@ def test_reported_sequence_attach_without_results_while_the_daemon_runs(tmp_path
              "--wait", "10", "--config", str(lab.config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # (race either way: attached, or "no suite2p folder"; never a worker crash)
-        stdout, stderr = proc.communicate(timeout=60)
+        _stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode in (0, 1) and "Traceback" not in stderr, stderr
         time.sleep(2)
         rows = status(lab)

@@ -62,7 +62,8 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     for key in a:
         x, y = a[key], b[key]
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
-            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=np.asarray(x).dtype.kind == "f"), key
+            floats = np.asarray(x).dtype.kind == "f"
+            assert np.array_equal(np.asarray(x), np.asarray(y), equal_nan=floats), key
         else:
             assert x == y, key
 

@@ -8,9 +8,8 @@ construct, never from rig2nwb.
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import pickle
 import shutil
 import subprocess
