@@ -101,6 +101,7 @@ def test_hostile_names_write_nothing_outside_output_and_state(tmp_path: Path,
         p.mkdir()
     (outside / "keep.txt").write_text("not yours\n")
     (home / ".cache").mkdir()
+    (home / ".config").mkdir()  # as a real home has; what lands inside is checked
     monkeypatch.setenv("HOME", str(home))  # a '~' expanded anywhere would land in the snapshot
     monkeypatch.chdir(cwd)                 # and so would a relative path
     lab = Lab(tmp_path / "lab",
@@ -142,11 +143,11 @@ def test_hostile_names_write_nothing_outside_output_and_state(tmp_path: Path,
     lab.config()  # the config itself is valid
 
     # pynwb caches its type map (a pickle) in ~/.cache/pynwb-hdmf when it is first imported, and
-    # matplotlib its font list in ~/.cache/matplotlib (the check child drawing a picture; under
-    # systemd MPLCONFIGDIR points elsewhere): the libraries' own caches, written whatever the
-    # names are; everything else counts.
+    # matplotlib its font list and settings in ~/.cache/matplotlib and ~/.config/matplotlib (the
+    # check child drawing a picture; under systemd MPLCONFIGDIR points elsewhere): the
+    # libraries' own caches, written whatever the names are; everything else counts.
     skip = (lab.root, lab.out, lab.state, home / ".cache" / "pynwb-hdmf",
-            home / ".cache" / "matplotlib")
+            home / ".cache" / "matplotlib", home / ".config" / "matplotlib")
     before, rig_before = snapshot(tmp_path, skip), snapshot(lab.root)
 
     def done(engine: Any) -> bool:

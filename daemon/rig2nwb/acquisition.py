@@ -52,6 +52,10 @@ def read_acquisition(path: Path, cfg: Config, *, root: Path | None = None,
     warnings = [f"ScanImage header: {w}" for w in si.warnings]
     _check_claims(path, si)
     numbers, times = frame_data(path, root=root, expect=expect)
+    bad_times = _times_problem(numbers, times)
+    if bad_times is not None:
+        warnings.append(f"the pages' frameTimestamps_sec {bad_times}: nominal times are used")
+        times = None
     channels = si.channels_saved or (1,)
     per_frame = _pages_per_frame(numbers)
     if per_frame is not None and per_frame != len(channels):
@@ -117,6 +121,25 @@ def _pages_per_frame(numbers: np.ndarray | None) -> int | None:
         return None
     n = int(np.argmax(numbers != numbers[0])) if (numbers != numbers[0]).any() else len(numbers)
     return n if n < len(numbers) else None  # a one-frame file proves nothing
+
+
+def _times_problem(numbers: np.ndarray | None, times: np.ndarray | None) -> str | None:
+    """Why a file's per-frame times cannot be frame times (None: they can): they must increase
+    from one frame to the next (pages of one frame, its channels, share a time)."""
+    if times is None:
+        return None
+    ok = np.isfinite(times) if numbers is None else (numbers >= 0) & np.isfinite(times)
+    t = times[ok]
+    n = numbers[ok] if numbers is not None else np.arange(len(t))
+    if len(t) < 2:
+        return None
+    step_n, step_t = np.diff(n), np.diff(t)
+    bad = np.flatnonzero((step_n > 0) & (step_t <= 0))
+    if bad.size == 0:
+        return None
+    k = int(bad[0])
+    return (f"do not increase (frame {int(n[k + 1])} at {float(t[k + 1]):g} s after frame "
+            f"{int(n[k])} at {float(t[k]):g} s)")
 
 
 def _measured_rate(numbers: np.ndarray | None, times: np.ndarray | None) -> float | None:

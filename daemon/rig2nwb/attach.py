@@ -23,7 +23,7 @@ from rig2nwb.ledger import Ledger, SessionRow
 from rig2nwb.quarantine import quarantine_text
 from rig2nwb.rigfs import is_rig_dir
 from rig2nwb.service import AlreadyRunning, ledger_path, lock_state, open_verified
-from rig2nwb.suite2p_folder import fingerprint, suite2p_link_problem
+from rig2nwb.suite2p_folder import fingerprint, plane_link_problems, suite2p_link_problem
 from rig2nwb.suite2p_nwb import AttachSummary
 from rig2nwb.suite2p_stage import Suite2pStage, digest, suite2p_folder, suite2p_root
 from rig2nwb.validation import CheckSummary
@@ -71,6 +71,8 @@ def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
         return AttachResult(False, f"session {sess.session} has no TIFF folder in the ledger")
     root = suite2p_root(cfg, where)
     refused = suite2p_link_problem(where, root)
+    if refused is None and is_rig_dir(root, where):
+        refused = "; ".join(plane_link_problems(where, root)) or None
     if refused is not None:
         return AttachResult(False, refused)
     if not is_rig_dir(root, where):

@@ -86,20 +86,27 @@ def split_inside(root: Path, path: Path | str) -> list[str]:
 
 
 def link_text(root: Path, link: Path) -> str:
-    """What a link in the rig folder is, for people: where it points (read with readlink,
-    nothing is read through it) and why that is not followed."""
+    """What a link in the rig folder is, for people: where it points and why that is not
+    followed. Nothing is looked up through the link (its target may be a hung network mount):
+    the target is read with readlink and placed lexically; only a target inside the rig folder
+    is checked for existence, itself without following links."""
     try:  # the link may be switched meanwhile: then only that it was a link is known
         target = os.readlink(link)
-        real = os.path.realpath(link)
     except OSError:
         return "is a symbolic link; rig2nwb reads nothing through links in the rig folder"
-    if not os.path.lexists(real) or not os.path.exists(link):
+    where = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(link)), target))
+    try:
+        inside = split_inside(root, where)
+    except UnsafeRigPath:
+        return (f"is a symbolic link pointing outside the rig folder, to {where}; rig2nwb reads "
+                "nothing outside rig.root, nor through links")
+    try:
+        lstat_rig(root, Path(*inside) if inside else root)
+    except FileNotFoundError:
         return (f"is a broken symbolic link (to {target}); rig2nwb reads nothing through links "
                 "in the rig folder")
-    base = os.path.realpath(root)
-    if not (real == base or real.startswith(os.path.join(base, ""))):
-        return (f"is a symbolic link pointing outside the rig folder, to {real}; rig2nwb reads "
-                "nothing outside rig.root, nor through links")
+    except (OSError, UnsafeRigPath):
+        pass
     return (f"is a symbolic link (to {target}); rig2nwb reads nothing through links in the rig "
             "folder (a link can be switched to point elsewhere at any moment)")
 

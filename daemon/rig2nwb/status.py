@@ -12,7 +12,7 @@ from rig2nwb.layout import printable
 from rig2nwb.ledger import FileRow, Ledger, ProblemRow, SessionRow, Suite2pRow
 from rig2nwb.pagelayout import PageLayout
 from rig2nwb.service import ledger_path
-from rig2nwb.validation import CheckSummary
+from rig2nwb.validation import NOT_CHECKED, CheckSummary
 
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         for s in ledger.sessions():
             try:
                 out.append(_session_status(s, counts, committed, active_by_session, suite2p,
-                                           global_problems))
+                                           global_problems, checked=_checks_run(cfg)))
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 # One unreadable row (hand-edited, or from another version) must not hide the
                 # others: it is shown with what is wrong.
@@ -57,7 +57,8 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, float | None]],
                     committed: dict[int, int], active_by_session: dict[int | None, list[ProblemRow]],
-                    suite2p: dict[int, Suite2pRow], global_problems: list[str]) -> dict[str, Any]:
+                    suite2p: dict[int, Suite2pRow], global_problems: list[str], *,
+                    checked: bool = True) -> dict[str, Any]:
     n_files, n_committed, n_failed, source_bytes, last_frame = counts.get(s.id, (0, 0, 0, 0, None))
     nwb = Path(s.nwb_path)
     active = active_by_session.get(s.id, [])
@@ -85,7 +86,7 @@ def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, f
         "problems": problems + global_problems,
         "warnings": [p.message for p in active if p.severity == "warning"],
         "validation": check.short() if check else (
-            "pending" if s.state == "finished" else None),
+            ("pending" if checked else NOT_CHECKED) if s.state == "finished" else None),
         # None: pending, or not checked (output.check_files = false; see "validation").
         "validation_ok": check.ok if check and check.checked else None,
         "validation_counts": (
@@ -116,6 +117,12 @@ def _plugins(check: CheckSummary | None) -> dict[str, Any]:
     known = check is not None and check.plugin_datasets is not None
     return {"opens_without_plugins": (not check.plugin_datasets) if known and check else None,
             "plugin_datasets": list(check.plugin_datasets or []) if known and check else None}
+
+
+def _checks_run(cfg: Config) -> bool:
+    """Does a child look at finished files (the check, or only the summary picture)? When
+    neither runs, a finished file's check is "not checked", never "pending" forever."""
+    return cfg.output.check_files or cfg.status.summary_picture
 
 
 def _unreadable_row(s: SessionRow, exc: Exception, global_problems: list[str]) -> dict[str, Any]:
@@ -361,9 +368,10 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None,
         body.append([r["subject"], r["session"], r["state"], frames_cell(r), files_cell(r),
                      human_size(r["nwb_bytes"]), rate_cell(r), local_time(r["last_update"], tz),
                      _suite2p_cell(r["suite2p"]), check_cell(r), _clip(last, 90)])
-    # Names and messages come from the rig folder: nothing unprintable reaches the terminal.
+    # Names and messages come from the rig folder: nothing unprintable reaches the terminal
+    # (each line of the footer on its own: the newlines between them are the table's).
     body = [[printable(str(c)) for c in row] for row in body]
-    footer = printable(footer)
+    footer = "\n".join(printable(line) for line in footer.split("\n"))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *body]]

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from rig2nwb.rigfs import Entry, UnsafeRigPath, list_rig_dir, lstat_rig
+from rig2nwb.rigfs import Entry, UnsafeRigPath, link_text, list_rig_dir, lstat_rig
 from rig2nwb.safepickle import NpyError, UnsafePickle, load_npy
 
 REQUIRED_FILES = ("stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
@@ -176,6 +176,15 @@ def suite2p_link_problem(folder: Path, root: Path) -> str | None:
     return None
 
 
+def plane_link_problems(folder: Path, root: Path | None = None) -> list[str]:
+    """Plane folders (plane0, ...) that are links: never read, and said so (find_planes skips
+    them)."""
+    rig = folder if root is None else root
+    return [f"{folder / e.name}: {link_text(rig, folder / e.name)}"
+            for e in _files(folder, root).entries(folder)
+            if _PLANE_NAME.fullmatch(e.name) is not None and e.is_link]
+
+
 def find_planes(folder: Path, root: Path | None = None) -> list[tuple[int, Path]]:
     """The plane folders (plane0, plane1, ...) in numeric order; combined/ and anything else are
     skipped, and so are names suite2p never writes (plane01) and links."""
@@ -202,10 +211,22 @@ def _ops_files(plane_dir: Path, files: _Files) -> dict[str, Path] | None:
 def missing_files(plane_dir: Path, root: Path | None = None) -> list[str]:
     """Required files missing from the plane folder, plus the ops set when neither is complete."""
     files = _files(plane_dir.parent, root)
-    missing = [name for name in REQUIRED_FILES if not files.is_file(plane_dir / name)]
+    missing = [name + _not_file(files, plane_dir / name) for name in REQUIRED_FILES
+               if not files.is_file(plane_dir / name)]
     if _ops_files(plane_dir, files) is None:
         missing.append(OPS_DESCRIPTION)
     return missing
+
+
+def _not_file(files: _Files, path: Path) -> str:
+    """`` (a link)`` / `` (a named pipe)``... for a required file that is there but not a
+    regular file (it is never read), "" when it is simply missing."""
+    st = files.lstat(path)
+    if st is None:
+        return ""
+    return (" (a symbolic link, not read)" if stat_mode.S_ISLNK(st.st_mode) else
+            " (a named pipe, not read)" if stat_mode.S_ISFIFO(st.st_mode) else
+            " (not a regular file, not read)")
 
 
 def fingerprint(folder: Path, root: Path | None = None) -> tuple[tuple[str, int, int], ...]:

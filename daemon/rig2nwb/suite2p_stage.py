@@ -57,6 +57,7 @@ from rig2nwb.suite2p_folder import (
     fingerprint,
     load_plane,
     missing_files,
+    plane_link_problems,
     suite2p_link_problem,
 )
 from rig2nwb.suite2p_nwb import (
@@ -106,6 +107,14 @@ def suite2p_root(cfg: Config, folder: Path) -> Path:
     except UnsafeRigPath:
         return folder
     return cfg.rig.root
+
+
+def _links_refused(folder: Path, root: Path) -> str | None:
+    """The suite2p folder, or one of its plane folders, is a link (never read): why."""
+    refused = suite2p_link_problem(folder, root)
+    if refused is None and is_rig_dir(root, folder):
+        refused = "; ".join(plane_link_problems(folder, root)) or None
+    return refused
 
 
 def suite2p_folder(cfg: Config, ledger: Ledger, sess: SessionRow) -> Path | None:
@@ -182,7 +191,7 @@ class Suite2pStage:
             return False
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
         root = suite2p_root(self.cfg, folder)
-        refused = suite2p_link_problem(folder, root)
+        refused = _links_refused(folder, root)
         if refused is not None:
             if row is None or row.state != "problem" or row.detail != refused:
                 self._fail(sess, folder, "", refused, log)
@@ -240,7 +249,7 @@ class Suite2pStage:
         if folder is None:
             return AttachOutcome("waiting", "the session has no TIFF folder in the ledger")
         root = suite2p_root(self.cfg, folder)
-        refused = suite2p_link_problem(folder, root)
+        refused = _links_refused(folder, root)
         if refused is not None:
             return self._fail(sess, folder, "", refused, log)
         if not is_rig_dir(root, folder):
