@@ -237,7 +237,7 @@ def variant_config(base: Path, v: Variant) -> Path:
 
 
 def run_variant(v: Variant, args: argparse.Namespace, workdir: Path) -> VariantResult:
-    from rig2nwb.config import CompletionConfig
+    from rig2nwb.config.schema import CompletionConfig
 
     res = VariantResult(v, settle=CompletionConfig().settle_seconds)  # the default settle time
     # Control: the same writer with no daemon running, so its late pages are the machine's own.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from rig2nwb.scanimage import frame_data, read_scanimage
+from rig2nwb.rig.scanimage import frame_data, read_scanimage
 
 HEADER = "\n".join([
     "SI.VERSION_MAJOR = 2021", "SI.hChannels.channelSave = 1", "SI.hRoiManager.scanFrameRate = 30",

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.config import Config, load_config
+from rig2nwb.config.schema import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RIG2NWB_SHARED", REPO.parent / "shared"))
@@ -254,7 +254,7 @@ def run_service(lab: Lab, until: Callable[[Any], bool], timeout: float = 120) ->
     import threading
 
     from rig2nwb.logs import setup_from_config
-    from rig2nwb.service import Service
+    from rig2nwb.service.loop import Service
 
     cfg = lab.config()
     setup_from_config(cfg)

@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.config import ConfigError, load_config
-from rig2nwb.ledger import Ledger
-from rig2nwb.status import collect
+from rig2nwb.config.schema import ConfigError, load_config
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.outputs.status import collect
 from tests.conftest import Lab, nwb_frames, random_frames, run_service, write_tiff
 from tests.figures import record
 from tests.suite2p_tools import make_synthetic_folder

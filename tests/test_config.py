@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rig2nwb.config import ConfigError, load_config
+from rig2nwb.config.schema import ConfigError, load_config
 from tests.conftest import REPO, write_config
 
 

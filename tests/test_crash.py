@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from pynwb import NWBHDF5IO, validate
 
-from rig2nwb.ledger import Ledger
+from rig2nwb.ledger.store import Ledger
 from tests.conftest import Lab, nwb_frames, nwb_timestamps, random_frames, wait_for, write_tiff
 from tests.figures import record
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rig2nwb.dff import BaselineSettings, baseline, dff_block
+from rig2nwb.core.dff import BaselineSettings, baseline, dff_block
 
 
 def settings(**kw: float) -> BaselineSettings:

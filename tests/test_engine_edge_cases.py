@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.engine import Engine
-from rig2nwb.ledger import Ledger
+from rig2nwb.engine.engine import Engine
+from rig2nwb.ledger.store import Ledger
 from tests.conftest import (
     Lab,
     append_pages,
@@ -150,7 +150,7 @@ def test_missing_nwb_file_is_rebuilt_and_said_so(fast_lab: Lab) -> None:
 def test_tiff_deleted_while_being_read_rolls_back_cleanly(fast_lab: Lab,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker must not mistake a vanished source for a failed NWB write."""
-    import rig2nwb.engine as engine_mod
+    import rig2nwb.engine.engine as engine_mod
 
     doomed, keep = random_frames(20, seed=1), random_frames(5, seed=2)
     path = fast_lab.tiff("run_00001.tif", doomed)

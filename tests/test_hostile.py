@@ -54,8 +54,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.config import load_config
-from rig2nwb.status import collect, rig_problems
+from rig2nwb.config.schema import load_config
+from rig2nwb.outputs.status import collect, rig_problems
 from tests.conftest import (
     REPO,
     Lab,

@@ -24,7 +24,7 @@ import html5lib
 import numpy as np
 import pytest
 
-from rig2nwb.engine import _regular_rate
+from rig2nwb.engine.engine import _regular_rate
 from tests.conftest import Lab, random_frames, toml_value, wait_for, write_tiff
 from tests.receivers import HttpReceiver
 from tests.suite2p_tools import make_synthetic_folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from rig2nwb.ledger import Ledger
+from rig2nwb.ledger.store import Ledger
 
 
 def test_old_ledger_gets_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:

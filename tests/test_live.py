@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from rig2nwb.engine import Engine
-from rig2nwb.simrig import MovieSpec, SimSession, write_tiff
+from rig2nwb.engine.engine import Engine
+from rig2nwb.testing.simrig import MovieSpec, SimSession, write_tiff
 from tests.conftest import Lab, append_pages, finished, nwb_frames, random_frames, run_service
 from tests.conftest import write_tiff as write_whole_tiff
 
@@ -123,7 +123,7 @@ def test_tiff_growing_after_it_was_appended_gets_its_new_pages(lab: Lab) -> None
 
 
 def test_tiff_changing_after_later_files_were_appended_is_reported(lab: Lab) -> None:
-    from rig2nwb.status import collect
+    from rig2nwb.outputs.status import collect
 
     a, b = random_frames(5, seed=1), random_frames(6, seed=2)
     write_whole_tiff(lab.session_dir() / "x_00001.tif", a)

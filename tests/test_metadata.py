@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rig2nwb.cli import main
-from rig2nwb.metadata import (
+from rig2nwb.commands.cli import main
+from rig2nwb.rig.sidecars import (
     SIDECAR_NAME,
     MetadataProblem,
     SessionMetadata,
@@ -310,8 +310,8 @@ def test_unreadable_sidecar(make_lab: Callable[..., Lab]) -> None:
         path.chmod(0o000)
         code = textwrap.dedent(f"""
             from pathlib import Path
-            from rig2nwb.config import load_config
-            from rig2nwb.metadata import MetadataProblem, load_metadata
+            from rig2nwb.config.schema import load_config
+            from rig2nwb.rig.sidecars import MetadataProblem, load_metadata
             try:
                 load_metadata(load_config({str(lab.config_path)!r}, check_paths=False),
                               Path({str(folder)!r}))

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from rig2nwb.config import ConfigError, load_config
-from rig2nwb.ledger import Ledger
-from rig2nwb.status import collect
-from rig2nwb.status_files import summary_png
+from rig2nwb.config.schema import ConfigError, load_config
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.outputs.status import collect
+from rig2nwb.config.paths import summary_png
 from tests.conftest import Lab, nwb_frames, random_frames, run_service, toml_value
 from tests.receivers import HttpReceiver, SmtpReceiver
 
@@ -315,7 +315,7 @@ def test_unknown_kind_is_a_configuration_error(make_lab) -> None:  # type: ignor
     ("/mnt/nwb", "/mnt/nwb/sub-m1_ses-a b.nwb"),
 ])
 def test_link_prefix_replaces_the_output_folder(make_lab, prefix: str, expected: str | None) -> None:  # type: ignore[no-untyped-def]
-    from rig2nwb.notify import display_path
+    from rig2nwb.outputs.notify import display_path
 
     lab: Lab = make_lab(notify={"link_prefix": prefix})
     cfg = lab.config()
@@ -331,7 +331,7 @@ def test_no_targets_costs_nothing() -> None:
 
     from tests.conftest import REPO
 
-    code = ("import sys; from rig2nwb.config import load_config; from rig2nwb.notify import NotifyHook; "
+    code = ("import sys; from rig2nwb.config.schema import load_config; from rig2nwb.outputs.notify import NotifyHook; "
             f"hook = NotifyHook(load_config({str(REPO / 'config.toml')!r}, check_paths=False)); "
             "print(hook.active, 'apprise' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""rig2nwb.pagelayout.PageLayout against a brute-force model of the page stream.
+"""rig2nwb.core.pagelayout.PageLayout against a brute-force model of the page stream.
 
 The model walks the acquisition explicitly (volume > slice > frame of the slice > saved channel,
 then the flyback frames, each with one page per channel) and writes down, page by page, which
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from rig2nwb.pagelayout import PageLayout
+from rig2nwb.core.pagelayout import PageLayout
 
 
 @dataclass(frozen=True)

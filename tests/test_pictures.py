@@ -24,13 +24,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from rig2nwb.convert import convert
-from rig2nwb.ledger import Ledger
-from rig2nwb.simrig import MovieSpec, SimSession, SyntheticMovie
-from rig2nwb.status import collect
-from rig2nwb.status_files import preview_png, summary_png
-from rig2nwb.summary_plot import build_figure, render_png, render_summary
-from rig2nwb.validation import NOT_CHECKED, CheckRun, CheckSummary
+from rig2nwb.commands.convert import convert
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.testing.simrig import MovieSpec, SimSession, SyntheticMovie
+from rig2nwb.outputs.status import collect
+from rig2nwb.config.paths import preview_png, summary_png
+from rig2nwb.outputs.summary import build_figure, render_png, render_summary
+from rig2nwb.nwb.check import NOT_CHECKED, CheckRun, CheckSummary
 from tests.conftest import Lab, random_frames, shared_fixture, wait_for, write_tiff
 from tests.test_suite2p_attach import attach_cli, raw_npy
 from tests.test_validation import write_nwb
@@ -428,7 +428,7 @@ class Started:
 
 def test_preview_while_acquiring_then_replaced_by_the_summary(tmp_path: Path) -> None:
     from rig2nwb.logs import setup_from_config
-    from rig2nwb.service import Service, default_hooks
+    from rig2nwb.service.loop import Service, default_hooks
 
     lab = Lab(tmp_path, status={"preview_interval_seconds": 0.2, "preview_frames": 20,
                                 "summary_picture": True},

@@ -3,7 +3,7 @@ and channel, flyback dropped, volumes carried across files, a final incomplete v
 
 Expectations are built here from the pages the test wrote, by walking the rig's own loop
 (for each volume: for each plane: for each channel one page; then the flyback frames, one page
-per channel), never from rig2nwb.pagelayout. Frames are small (16x24) to keep the file fast.
+per channel), never from rig2nwb.core.pagelayout. Frames are small (16x24) to keep the file fast.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.engine import Engine
-from rig2nwb.scanimage import read_scanimage
+from rig2nwb.engine.engine import Engine
+from rig2nwb.rig.scanimage import read_scanimage
 from tests.conftest import (
     Lab,
     finished,
@@ -91,8 +91,8 @@ def reported(row: dict[str, Any]) -> list[str]:
 
 def severities(lab: Lab) -> dict[str, str]:
     """Active problem message -> severity, read from the ledger (status --json lists messages)."""
-    from rig2nwb.ledger import Ledger
-    from rig2nwb.service import ledger_path
+    from rig2nwb.ledger.store import Ledger
+    from rig2nwb.service.loop import ledger_path
 
     ledger = Ledger(ledger_path(lab.config()), readonly=True)
     try:

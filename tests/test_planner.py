@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rig2nwb.layout import Pattern, is_safe_name, run_position
-from rig2nwb.planner import FileFacts, Rules, SessionFacts, plan_session
+from rig2nwb.core.patterns import Pattern, is_safe_name, run_position
+from rig2nwb.core.planner import FileFacts, Rules, SessionFacts, plan_session
 
 RULES = Rules(signals=frozenset({"next_file", "marker", "close_write", "stable"}),
               settle_seconds=5, session_idle_seconds=300, require_lab_files=True,

@@ -53,8 +53,8 @@ import psutil
 import pytest
 from pynwb import NWBHDF5IO, validate
 
-from rig2nwb.config import Config, load_config
-from rig2nwb.status import collect, history
+from rig2nwb.config.schema import Config, load_config
+from rig2nwb.outputs.status import collect, history
 from tests.conftest import Lab, nwb_frames, random_frames, wait_for, write_tiff
 from tests.figures import record
 

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.filters import BUILT_IN
+from rig2nwb.nwb.filters import BUILT_IN
 from tests.conftest import REPO, Lab, random_frames, tiff_pages, write_tiff
 from tests.suite2p_tools import make_synthetic_folder, np_item, save_dict
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig2nwb.config import _collision_warnings, parse_toml, toml_nesting
-from rig2nwb.layout import is_safe_name, printable
-from rig2nwb.rigfs import (
+from rig2nwb.config.schema import _collision_warnings, parse_toml, toml_nesting
+from rig2nwb.core.patterns import is_safe_name, printable
+from rig2nwb.rig.safeopen import (
     FileId,
     FolderFilter,
     UnsafeRigPath,
@@ -26,7 +26,7 @@ from rig2nwb.rigfs import (
     open_rig_file,
     walk_rig,
 )
-from rig2nwb.safepickle import MAX_DEPTH, NpyError, load_npy, structure_problem
+from rig2nwb.suite2p.safepickle import MAX_DEPTH, NpyError, load_npy, structure_problem
 from tests.conftest import remove_deep
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and FIFOs")

@@ -1,4 +1,4 @@
-"""rig2nwb.safepickle: suite2p's pickled .npy files load like np.load(allow_pickle=True) gives
+"""rig2nwb.suite2p.safepickle: suite2p's pickled .npy files load like np.load(allow_pickle=True) gives
 them, and pickles that would run code (or corrupt memory) are refused without running anything.
 
 Expectations: numpy's own np.load of the same files, values the tests construct, and, for the
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rig2nwb.safepickle import NpyError, UnsafePickle, load_npy
+from rig2nwb.suite2p.safepickle import NpyError, UnsafePickle, load_npy
 from tests.conftest import REPO, shared_fixture
 from tests.figures import record
 from tests.suite2p_tools import object_array_pickle, write_malicious_npy
@@ -415,7 +415,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_module_never_imports_suite2p() -> None:
     source = (REPO / "daemon" / "rig2nwb" / "safepickle.py").read_text()
     assert "import suite2p" not in source
-    child = subprocess.run([sys.executable, "-c", "import sys, rig2nwb.safepickle, rig2nwb.suite2p_folder; "
+    child = subprocess.run([sys.executable, "-c", "import sys, rig2nwb.suite2p.safepickle, rig2nwb.suite2p.folder; "
                                                   "print('suite2p' in sys.modules)"],
                            capture_output=True, text=True, timeout=60, check=True)
     assert child.stdout.strip() == "False"

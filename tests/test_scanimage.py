@@ -1,4 +1,4 @@
-"""ScanImage metadata (rig2nwb.scanimage) against real rig files from ../shared/fixtures/scanimage.
+"""ScanImage metadata (rig2nwb.rig.scanimage) against real rig files from ../shared/fixtures/scanimage.
 
 Expected values come from the fixtures README or straight from the raw header text, pulled out
 here with tifffile and small regexes, never from rig2nwb's own parsing. Skipped with a reason when
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.scanimage import ScanImageInfo, frame_numbers, frame_timestamps, read_scanimage
-from rig2nwb.tiffs import TiffProblem
+from rig2nwb.rig.scanimage import ScanImageInfo, frame_numbers, frame_timestamps, read_scanimage
+from rig2nwb.rig.tiffs import TiffProblem
 from tests.conftest import shared_fixture
 
 MULTI = "volumetric_single_channel_multi_file"

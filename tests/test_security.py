@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.ledger import Ledger
-from rig2nwb.status import collect
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.outputs.status import collect
 from tests.conftest import Lab, nwb_frames, random_frames, run_service, toml_value, wait_for, write_tiff
 from tests.figures import record
 from tests.receivers import HttpReceiver, SmtpReceiver
@@ -323,7 +323,7 @@ def _user_python(env: dict[str, str]) -> str | None:
     system's Python of the same version with this environment's packages on PYTHONPATH (when
     this interpreter lives in root's home, where the user cannot reach it)."""
     probe = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
-             "'import rig2nwb.engine, pynwb, h5py'], check=True)")
+             "'import rig2nwb.engine.engine, pynwb, h5py'], check=True)")
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in dict.fromkeys([sys.executable, f"/usr/bin/{version}"]):
         if not Path(candidate).exists():
@@ -423,7 +423,7 @@ def test_daemon_as_unprivileged_user_converts_and_cannot_touch_the_rig(world_rea
 @pytest.mark.parametrize("session", ["..", "s1", "/abs", "*?", "<>|\""])
 def test_picture_paths_stay_in_the_picture_folder(tmp_path: Path, subject: str, session: str) -> None:
     """Even for names the watcher refuses, the picture paths are one plain file in the folder."""
-    from rig2nwb.status_files import picture_folder, preview_png, summary_png
+    from rig2nwb.config.paths import picture_folder, preview_png, summary_png
     cfg = Lab(tmp_path).config()
     for path in (summary_png(cfg, subject, session), preview_png(cfg, subject, session)):
         assert path.parent == picture_folder(cfg)

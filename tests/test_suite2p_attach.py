@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.convert import convert
+from rig2nwb.commands.convert import convert
 from tests.conftest import Lab, nwb_timestamps, shared_fixture
 
 SUBJECT, SESSION = "m1", "s1"

@@ -1,4 +1,4 @@
-"""rig2nwb.suite2p_folder: suite2p output folders (1.x and 0.14 style) load with the values numpy
+"""rig2nwb.suite2p.folder: suite2p output folders (1.x and 0.14 style) load with the values numpy
 itself reads from the same files, and every inconsistency is a Suite2pProblem naming its file.
 
 Expectations come from np.load(allow_pickle=True) of the files in the folder under test, from the
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rig2nwb.suite2p_folder import (
+from rig2nwb.suite2p.folder import (
     OPS_SETS,
     REQUIRED_FILES,
     Suite2pPlane,

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.ledger import Ledger
+from rig2nwb.ledger.store import Ledger
 from tests.conftest import Lab, run_service, tree_checksums
 from tests.figures import record
 from tests.test_suite2p_attach import SESSION, SUBJECT, attach_cli, make_session, raw_npy

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from rig2nwb import sdnotify
-from rig2nwb.engine import Engine
-from rig2nwb.service import Service
-from rig2nwb.status_files import summary_png
+from rig2nwb.service import sdnotify
+from rig2nwb.engine.engine import Engine
+from rig2nwb.service.loop import Service
+from rig2nwb.config.paths import summary_png
 from tests.conftest import REPO, Lab, finished, nwb_frames, random_frames, wait_for
 
-UNIT = REPO / "systemd" / "rig2nwb.service"
+UNIT = REPO / "systemd" / "rig2nwb.service.loop"
 USER_UNIT = REPO / "systemd" / "rig2nwb-user.service"
 SYSUSERS = REPO / "systemd" / "rig2nwb.sysusers.conf"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AF_UNIX datagrams, systemd")
@@ -373,7 +373,7 @@ def test_a_long_append_pings_from_inside_its_step(
         lab: Lab, notify_socket: tuple[str, NotifySocket], monkeypatch: pytest.MonkeyPatch) -> None:
     """One TIFF whose append takes several watchdog intervals (slowed down per batch): the
     engine's per-batch heartbeat keeps systemd fed although the loop does not tick meanwhile."""
-    import rig2nwb.engine as engine_module
+    import rig2nwb.engine.engine as engine_module
 
     path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
@@ -382,7 +382,7 @@ def test_a_long_append_pings_from_inside_its_step(
     frames = random_frames(160, seed=4)  # 10 batches of 16 frames
     lab.tiff("x_00001.tif", frames)
     lab.lab_files(n_frames=len(frames))
-    from rig2nwb.tiffs import read_batches as real  # what the engine calls
+    from rig2nwb.rig.tiffs import read_batches as real  # what the engine calls
 
     def slow_batches(*args: object, **kwargs: object) -> Iterator[object]:
         for batch in real(*args, **kwargs):  # type: ignore[arg-type]
@@ -567,7 +567,7 @@ def test_user_unit_verifies_cleanly(tmp_path: Path) -> None:
     exec_start = _unit_value(USER_UNIT, "ExecStart").split()[0]
     assert exec_start.startswith("%h/")
     _stand_in(home / exec_start[len("%h/"):])
-    unit = home / "rig2nwb.service"  # installed under the name the docs give it
+    unit = home / "rig2nwb.service.loop"  # installed under the name the docs give it
     shutil.copy(USER_UNIT, unit)
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime))

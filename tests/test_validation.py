@@ -1,4 +1,4 @@
-"""rig2nwb.validation: pynwb validation + nwbinspector on finished files, in-process and in a child.
+"""rig2nwb.nwb.check: pynwb validation + nwbinspector on finished files, in-process and in a child.
 
 The files are written here with pynwb (and damaged with h5py), never by rig2nwb's writer, so the
 expected verdicts come from the test's own construction.
@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.validation import IMPORTANCES, CheckRun, CheckSummary, check_nwb
+from rig2nwb.nwb.check import IMPORTANCES, CheckRun, CheckSummary, check_nwb
 
 
 def write_nwb(path: Path, *, species: str = "Mus musculus", frames: int = 40, compress: bool = False) -> Path:

@@ -1,3 +1,3 @@
-from rig2nwb.cli import main
+from rig2nwb.commands.cli import main
 
 raise SystemExit(main())

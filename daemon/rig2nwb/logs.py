@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from rig2nwb.config import Config
+    from rig2nwb.config.schema import Config
 
 # Process-wide fields (the rig name): threads do not inherit contextvars, so this is a plain dict.
 _STATIC: dict[str, Any] = {}

@@ -3,7 +3,7 @@
 
 Environment:
   RIG2NWB_FAULT          ``module:Qual.name`` of the function to break, e.g.
-                         ``rig2nwb.engine:Engine._finalize``
+                         ``rig2nwb.engine.engine:Engine._finalize``
   RIG2NWB_FAULT_MODE     ``raise`` (InjectedFault, a plain Exception: not one of the OSError /
                          RuntimeError types that h5py's write failures come as), ``kill``
                          (SIGKILL itself), ``segv``, or ``hang`` (sleeps for an hour: a read
