@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from rig2nwb.logs import setup_from_config
+from rig2nwb.outputs.status import collect
 from rig2nwb.service.loop import Service
 from rig2nwb.testing.simrig import write_tiff as write_tiff_paced
-from rig2nwb.outputs.status import collect
 from tests.conftest import (
     Lab,
     finished,

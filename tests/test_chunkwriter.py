@@ -18,9 +18,9 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.nwb.writer import SessionAppender
-from rig2nwb.core.pagelayout import PageLayout
 
 SHAPE = (64, 48)
 

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
+from rig2nwb.config.paths import summary_png
 from rig2nwb.config.schema import ConfigError, load_config
 from rig2nwb.ledger.store import Ledger
 from rig2nwb.outputs.status import collect
-from rig2nwb.config.paths import summary_png
 from tests.conftest import Lab, nwb_frames, random_frames, run_service, toml_value
 from tests.receivers import HttpReceiver, SmtpReceiver
 
@@ -331,7 +331,8 @@ def test_no_targets_costs_nothing() -> None:
 
     from tests.conftest import REPO
 
-    code = ("import sys; from rig2nwb.config.schema import load_config; from rig2nwb.outputs.notify import NotifyHook; "
+    code = ("import sys; from rig2nwb.config.schema import load_config; "
+            "from rig2nwb.outputs.notify import NotifyHook; "
             f"hook = NotifyHook(load_config({str(REPO / 'config.toml')!r}, check_paths=False)); "
             "print(hook.active, 'apprise' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

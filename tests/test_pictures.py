@@ -25,12 +25,12 @@ import tifffile
 from PIL import Image
 
 from rig2nwb.commands.convert import convert
-from rig2nwb.ledger.store import Ledger
-from rig2nwb.testing.simrig import MovieSpec, SimSession, SyntheticMovie
-from rig2nwb.outputs.status import collect
 from rig2nwb.config.paths import preview_png, summary_png
-from rig2nwb.outputs.summary import build_figure, render_png, render_summary
+from rig2nwb.ledger.store import Ledger
 from rig2nwb.nwb.check import NOT_CHECKED, CheckRun, CheckSummary
+from rig2nwb.outputs.status import collect
+from rig2nwb.outputs.summary import build_figure, render_png, render_summary
+from rig2nwb.testing.simrig import MovieSpec, SimSession, SyntheticMovie
 from tests.conftest import Lab, random_frames, shared_fixture, wait_for, write_tiff
 from tests.test_suite2p_attach import attach_cli, raw_npy
 from tests.test_validation import write_nwb

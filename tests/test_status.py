@@ -27,14 +27,14 @@ import html5lib
 import numpy as np
 import pytest
 
-from rig2nwb.ledger.store import Ledger
+from rig2nwb.config.paths import preview_png, status_html, status_json, summary_png
 from rig2nwb.core.pagelayout import PageLayout
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.nwb.check import CheckSummary
+from rig2nwb.outputs.page import StatusPageHook, write_page
+from rig2nwb.outputs.status import collect, history, render_table, sort_rows
 from rig2nwb.service.loop import ledger_path
 from rig2nwb.testing.simrig import MovieSpec, SimSession
-from rig2nwb.outputs.status import collect, history, render_table, sort_rows
-from rig2nwb.config.paths import preview_png, status_html, status_json, summary_png
-from rig2nwb.outputs.page import StatusPageHook, write_page
-from rig2nwb.nwb.check import CheckSummary
 from tests.conftest import Lab, finished, run_service
 
 EVIL = '<script>alert(1)</script> & "x"'

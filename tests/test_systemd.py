@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from rig2nwb.service import sdnotify
-from rig2nwb.engine.engine import Engine
-from rig2nwb.service.loop import Service
 from rig2nwb.config.paths import summary_png
+from rig2nwb.engine.engine import Engine
+from rig2nwb.service import sdnotify
+from rig2nwb.service.loop import Service
 from tests.conftest import REPO, Lab, finished, nwb_frames, random_frames, wait_for
 
 UNIT = REPO / "systemd" / "rig2nwb.service.loop"
