@@ -20,10 +20,11 @@ from rig2nwb.commands.convert import after_one_shot, resolve_session_folder
 from rig2nwb.config.schema import Config
 from rig2nwb.engine.engine import Engine
 from rig2nwb.engine.quarantine import quarantine_text
+from rig2nwb.errors import AlreadyRunning
 from rig2nwb.ledger.store import Ledger, SessionRow
 from rig2nwb.nwb.check import CheckSummary
 from rig2nwb.rig.safeopen import is_rig_dir
-from rig2nwb.service.loop import AlreadyRunning, ledger_path, lock_state, open_verified
+from rig2nwb.service.loop import ledger_path, lock_state, open_verified
 from rig2nwb.suite2p.folder import fingerprint, plane_link_problems, suite2p_link_problem
 from rig2nwb.suite2p.nwbobjects import AttachSummary
 from rig2nwb.suite2p.stage import Suite2pStage, digest, suite2p_folder, suite2p_root

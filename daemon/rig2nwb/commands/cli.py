@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rig2nwb import __version__
-from rig2nwb.config.schema import DEFAULT_CONFIG, Config, ConfigError, load_config
+from rig2nwb.config.schema import DEFAULT_CONFIG, Config, load_config
 from rig2nwb.core.patterns import printable
-from rig2nwb.errors import LedgerDamaged
+from rig2nwb.errors import ConfigError, LedgerDamaged
 from rig2nwb.logs import setup_from_config
 
 
@@ -206,8 +206,8 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     # One-shot commands show log lines on the terminal, but tracebacks only go to the log file.
     setup_from_config(cfg, one_shot=cmd != "run")
     if cmd == "run":
-        from rig2nwb.engine.engine import WriterPoisoned
-        from rig2nwb.service.loop import AlreadyRunning, Service, lower_priority
+        from rig2nwb.errors import AlreadyRunning, WriterPoisoned
+        from rig2nwb.service.loop import Service, lower_priority
         from rig2nwb.service.supervisor import (
             ALREADY_RUNNING_CODE,
             LEDGER_DAMAGED_CODE,
@@ -232,8 +232,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
             _exit_now(RESTART_CODE)
     if cmd == "convert":
         from rig2nwb.commands.convert import convert
-        from rig2nwb.engine.engine import WriterPoisoned
-        from rig2nwb.service.loop import AlreadyRunning
+        from rig2nwb.errors import AlreadyRunning, WriterPoisoned
 
         try:
             result = convert(cfg, args.session_folder, progress=False if args.no_progress else None,
@@ -289,7 +288,7 @@ def _exit_now(code: int) -> NoReturn:
 def _demo(args: argparse.Namespace, config_path: Path) -> int:
     from rig2nwb.commands.demo import DemoOptions, run_demo
     from rig2nwb.config.schema import validate_config
-    from rig2nwb.service.loop import AlreadyRunning
+    from rig2nwb.errors import AlreadyRunning
 
     # The demo creates the folders it writes to, so they need not exist yet.
     cfg = _load(config_path, check_paths=False)
@@ -301,7 +300,7 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
     setup_from_config(cfg, one_shot=True)
     opts = DemoOptions(files=args.files, frames_per_file=args.frames_per_file, size=args.size,
                        rate=args.rate)
-    from rig2nwb.engine.engine import WriterPoisoned
+    from rig2nwb.errors import WriterPoisoned
 
     try:
         return run_demo(cfg, opts)

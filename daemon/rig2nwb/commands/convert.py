@@ -11,10 +11,10 @@ from rig2nwb.config.schema import Config
 from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.engine.engine import Engine
 from rig2nwb.engine.quarantine import quarantine_text
+from rig2nwb.errors import TiffProblem
 from rig2nwb.ledger.store import Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.nwb.check import CheckSummary
-from rig2nwb.rig.tiffs import TiffProblem
 from rig2nwb.service.loop import ledger_path, lock_state, open_verified
 
 

@@ -27,19 +27,10 @@ from pydantic import (
     ValidationError,
 )
 
-from rig2nwb.core.patterns import PLACEHOLDER_NAMES, Pattern, PatternError, check_pattern, placeholders
+from rig2nwb.core.patterns import PLACEHOLDER_NAMES, Pattern, check_pattern, placeholders
+from rig2nwb.errors import ConfigError, PatternError, SecretMissing, SecretProblem
 
 DEFAULT_CONFIG = Path("config.toml")
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; ``problems`` lists every ``location: message``."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
 
 
 class _Section(BaseModel):
@@ -280,14 +271,6 @@ class NotifyConfig(_Section):
         5.0, ge=0, description="on stop, keep delivering what is pending this long")
     link_prefix: str = Field(
         "", description="shown in place of output.folder in paths (a share or an https URL)")
-
-
-class SecretProblem(ValueError):
-    """A ``${...}`` in a notification URL that cannot be filled in (the message says why)."""
-
-
-class SecretMissing(SecretProblem):
-    """A well-formed ``${NAME}`` whose variable is not set (in this environment)."""
 
 
 _SECRET_REF = re.compile(r"\$\{([^}]*)\}")

@@ -15,12 +15,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from rig2nwb.errors import PatternError
+
 PLACEHOLDER_NAMES = ("subject", "site", "session")
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
-
-
-class PatternError(ValueError):
-    """A layout pattern that cannot be used; the message says why."""
 
 
 def placeholders(pattern: str) -> set[str]:

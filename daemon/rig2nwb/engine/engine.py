@@ -37,14 +37,24 @@ from rig2nwb.engine.quarantine import (
     quarantine_session,
     quarantine_text,
 )
+from rig2nwb.errors import (
+    LabFileProblem,
+    MetadataProblem,
+    NwbBusy,
+    NwbDamaged,
+    NwbExists,
+    NwbRebuilt,
+    Stopped,
+    TiffProblem,
+    UnsafeRigPath,
+    WriterPoisoned,
+)
 from rig2nwb.ledger.store import FileRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
 from rig2nwb.nwb.check import CheckRun, CheckSummary
 from rig2nwb.nwb.chunks import resolve_threads
 from rig2nwb.nwb.writer import (
     NewFile,
-    NwbDamaged,
-    NwbExists,
     SessionAppender,
     create_nwb,
     existing_identifier,
@@ -54,18 +64,10 @@ from rig2nwb.nwb.writer import (
     write_trials,
 )
 from rig2nwb.rig.acquisition import FileAcquisition, read_acquisition
-from rig2nwb.rig.labfiles import LabFileProblem, read_scan_file, read_trial_file
-from rig2nwb.rig.safeopen import (
-    FileId,
-    FolderFilter,
-    UnsafeRigPath,
-    link_text,
-    list_rig_dir,
-    lstat_rig,
-    walk_rig,
-)
-from rig2nwb.rig.sidecars import MetadataProblem, load_metadata
-from rig2nwb.rig.tiffs import TiffInfo, TiffProblem, batch_frames, inspect_tiff, read_batches
+from rig2nwb.rig.labfiles import read_scan_file, read_trial_file
+from rig2nwb.rig.safeopen import FileId, FolderFilter, link_text, list_rig_dir, lstat_rig, walk_rig
+from rig2nwb.rig.sidecars import load_metadata
+from rig2nwb.rig.tiffs import TiffInfo, batch_frames, inspect_tiff, read_batches
 from rig2nwb.service.sdnotify import heartbeat
 from rig2nwb.suite2p.stage import AttachOutcome, Suite2pStage
 
@@ -112,10 +114,6 @@ class LabFiles:
 class _Writer:
     appender: SessionAppender
     last_used: float = field(default_factory=time.monotonic)
-
-
-class Stopped(Exception):
-    """The engine was asked to stop in the middle of an append (its progress is committed)."""
 
 
 class Engine:
@@ -1366,7 +1364,7 @@ class Engine:
             writer = self._writer(sess)
         except NwbRebuilt:
             return 1  # re-planned from scratch; finalize comes again
-        except OSError as exc:  # locked by a reader, permissions: report, try again later
+        except (NwbBusy, OSError) as exc:  # locked by a reader, permissions: try again later
             self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
                           f"{Path(sess.nwb_path).name}: cannot be opened to finalize it ({exc}); "
                           "will retry", "", log)
@@ -1532,7 +1530,7 @@ class Engine:
             writer = self._writer(sess)
         except NwbRebuilt:
             return 1
-        except OSError as exc:
+        except (NwbBusy, OSError) as exc:
             self._problem(sess, "nwb_locked" if isinstance(exc, NwbBusy) else "output_error",
                           f"{Path(sess.nwb_path).name}: cannot be reopened for a new file "
                           f"({exc}); will retry", "", log)
@@ -1653,18 +1651,6 @@ class Engine:
 # HDF5 handles whose writes failed. They must never be closed or garbage-collected in this
 # process (see _write_failed); the worker exits soon after one lands here.
 _POISONED: list[SessionAppender] = []
-
-
-class WriterPoisoned(Exception):
-    """HDF5 failed a write; the process must end without touching that file again."""
-
-
-class NwbBusy(OSError):
-    """Another program holds the NWB file (HDF5 file lock); retry later."""
-
-
-class NwbRebuilt(OSError):
-    """The NWB file was set aside and will be rebuilt; the session re-plans from scratch."""
 
 
 def _is_disk_full(exc: BaseException) -> bool:

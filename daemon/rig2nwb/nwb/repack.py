@@ -28,16 +28,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from rig2nwb.errors import RepackError
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.nwb.filters import BUILT_IN, filter_names, plugin_datasets
 from rig2nwb.service.sdnotify import heartbeat
 
 BLOCK_BYTES = 64 * 2**20  # data copied and compared this much at a time (memory stays flat)
 LEVEL = 1
-
-
-class RepackError(Exception):
-    """The file cannot be repacked (the message says why); the original is untouched."""
 
 
 @dataclass(frozen=True)
@@ -339,7 +336,8 @@ def repack_command(cfg: Any, target: str) -> tuple[bool, str]:
     """``rig2nwb repack NWB_OR_SESSION``: (ok, one line). ``target`` is an NWB file, or a
     session as SUBJECT/SESSION (or SESSION when unique)."""
     from rig2nwb.commands.retry import find_by_name
-    from rig2nwb.service.loop import AlreadyRunning, ledger_path, lock_state, open_verified
+    from rig2nwb.errors import AlreadyRunning
+    from rig2nwb.service.loop import ledger_path, lock_state, open_verified
 
     path = Path(target)
     ledger_file = ledger_path(cfg)

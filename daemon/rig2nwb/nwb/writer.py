@@ -29,6 +29,7 @@ import numpy as np
 
 from rig2nwb.config.schema import Config, TrialsConfig
 from rig2nwb.core.pagelayout import PageLayout, SeriesSpec
+from rig2nwb.errors import NwbDamaged, NwbExists
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.rig.labfiles import TrialTable
 from rig2nwb.rig.scanimage import ScanImageInfo
@@ -40,14 +41,6 @@ ORIENTATION = (
     "(frames, image row, image column) here; masks and images in this file use the same "
     "(row, column) convention."
 )
-
-
-class NwbDamaged(Exception):
-    """The NWB file cannot be opened or lacks the series; it must be rebuilt from the TIFFs."""
-
-
-class NwbExists(Exception):
-    """A file is already where a new NWB file would go, and it is not this session's."""
 
 
 def existing_identifier(path: Path) -> str | None:

@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rig2nwb import __version__
 from rig2nwb.config.paths import display_path, summary_png
-from rig2nwb.config.schema import Config, ConfigError, NotifyConfig, NotifyKind, SecretProblem
+from rig2nwb.config.schema import Config, NotifyConfig, NotifyKind
 from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.core.patterns import printable
+from rig2nwb.errors import ConfigError, SecretProblem
 from rig2nwb.ledger.store import EventRow, Ledger, SessionRow
 from rig2nwb.logs import get_logger
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from rig2nwb.config.schema import Config
 from rig2nwb.core.pagelayout import PageLayout
+from rig2nwb.errors import TiffProblem
 from rig2nwb.rig.safeopen import FileId
 from rig2nwb.rig.scanimage import RATE_TOLERANCE, ScanImageInfo, frame_data, read_scanimage
-from rig2nwb.rig.tiffs import TiffProblem
 
 # What a header may claim before the file is refused (nothing is allocated or looped over for a
 # claim beyond these): ScanImage saves at most 4 channels; fast-z volumes have tens of planes.

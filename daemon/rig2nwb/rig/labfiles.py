@@ -15,21 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from rig2nwb.config.schema import ScanConfig, TrialsConfig
-from rig2nwb.rig.safeopen import UnsafeRigPath, read_rig_bytes
+from rig2nwb.errors import LabFileProblem, UnsafeRigPath
+from rig2nwb.rig.safeopen import read_rig_bytes
 
 _TO_SECONDS = {"ms": 1e-3, "s": 1.0}
 SKIPPED = ("", "-")
-
-
-class LabFileProblem(Exception):
-    """A scan or trial file that cannot be used; ``str()`` names file, line and problem."""
-
-    def __init__(self, path: Path, message: str, line: int | None = None) -> None:
-        self.path = path
-        self.line = line
-        self.message = message
-        where = f"{path.name}, line {line}" if line is not None else path.name
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from rig2nwb.errors import TiffProblem
 from rig2nwb.rig.safeopen import FileId
-from rig2nwb.rig.tiffs import TiffProblem, open_tiff, os_problem
+from rig2nwb.rig.tiffs import open_tiff, os_problem
 
 RATE_TOLERANCE = 0.05  # relative difference between scanFrameRate and measured frame times
 PROBE_PAGES = 8  # pages whose per-frame data are read to measure the frame period

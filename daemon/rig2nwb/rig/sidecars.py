@@ -34,7 +34,8 @@ from rig2nwb.config.schema import (
     SubjectConfig,
     parse_toml,
 )
-from rig2nwb.rig.safeopen import FolderFilter, UnsafeRigPath, lstat_rig, read_rig_bytes, walk_rig
+from rig2nwb.errors import MetadataProblem, UnsafeRigPath
+from rig2nwb.rig.safeopen import FolderFilter, lstat_rig, read_rig_bytes, walk_rig
 
 SIDECAR_NAME = "rig2nwb.toml"
 MAX_SIDECAR_BYTES = 1024 * 1024
@@ -55,16 +56,6 @@ class SessionMetadata:
     # "section.key" -> where its value was set ("config.toml" or a sidecar's rig-relative path);
     # keys left at their built-in default are absent.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-
-class MetadataProblem(Exception):
-    """A sidecar that cannot be used. ``message`` names the file and every problem in it."""
-
-    def __init__(self, file: str, problems: list[str]) -> None:
-        self.file = file
-        self.problems = tuple(problems)
-        self.message = f"{file}: " + "; ".join(problems)
-        super().__init__(self.message)
 
 
 def config_metadata(cfg: Config) -> SessionMetadata:

@@ -22,22 +22,12 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from rig2nwb.rig.safeopen import FileId, UnsafeRigPath, open_rig_file
+from rig2nwb.errors import TiffProblem, UnsafeRigPath
+from rig2nwb.rig.safeopen import FileId, open_rig_file
 
 # A frame larger than this is refused before it is decoded (``frame_limit`` narrows it to the
 # configured memory budget): 64 MB is a 4096 x 8192 int16 frame.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
-
-
-class TiffProblem(Exception):
-    """A TIFF that cannot be appended. ``code`` is stable (used in status), ``transient`` says
-    whether retrying later may help (a permission fixed, a file still arriving)."""
-
-    def __init__(self, code: str, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.transient = transient
 
 
 @dataclass(frozen=True)

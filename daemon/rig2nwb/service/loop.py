@@ -16,14 +16,14 @@ from typing import Any, Protocol, TypeVar
 from filelock import FileLock, Timeout
 
 from rig2nwb.config.schema import Config, config_warnings
-from rig2nwb.engine.engine import Engine, WriterPoisoned
+from rig2nwb.engine.engine import Engine
 from rig2nwb.engine.quarantine import (
     account_previous_worker,
     describe,
     is_session_error,
     previous_worker_exit,
 )
-from rig2nwb.errors import LedgerDamaged
+from rig2nwb.errors import AlreadyRunning, LedgerDamaged, WriterPoisoned
 from rig2nwb.ledger.store import Ledger
 from rig2nwb.logs import get_logger
 from rig2nwb.rig.watcher import FsEvent, start_observer, stop_observer
@@ -35,10 +35,6 @@ TICK_SECONDS = 0.5
 # A worker started right after its predecessor was killed may find the lock still held for a
 # moment (the old process is being torn down): wait this long before calling it a second daemon.
 LOCK_WAIT_SECONDS = 10.0
-
-
-class AlreadyRunning(Exception):
-    """Another rig2nwb process holds this state folder."""
 
 
 def ledger_path(cfg: Config) -> Path:

@@ -33,8 +33,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from rig2nwb.rig.safeopen import Entry, UnsafeRigPath, link_text, list_rig_dir, lstat_rig
-from rig2nwb.suite2p.safepickle import NpyError, UnsafePickle, load_npy
+from rig2nwb.errors import NpyError, Suite2pProblem, UnsafePickle, UnsafeRigPath
+from rig2nwb.rig.safeopen import Entry, link_text, list_rig_dir, lstat_rig
+from rig2nwb.suite2p.safepickle import load_npy
 
 REQUIRED_FILES = ("stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
 OPS_SETS = (("ops.npy",), ("db.npy", "settings.npy", "reg_outputs.npy", "detect_outputs.npy"))  # either set
@@ -71,15 +72,6 @@ _SETTINGS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "nchannels": ("nchannels",),
     "functional_chan": ("functional_chan",),
 }
-
-
-class Suite2pProblem(Exception):
-    """Something in a suite2p folder that stops its plane from being used; names the file."""
-
-    def __init__(self, file: Path | str, message: str) -> None:
-        super().__init__(f"{file}: {message}")
-        self.file = file
-        self.message = message
 
 
 @dataclass

@@ -43,6 +43,7 @@ import numpy as np
 from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
 
 from rig2nwb.core.dff import BaselineSettings, dff_block
+from rig2nwb.errors import AttachError
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.service.sdnotify import heartbeat
 from rig2nwb.suite2p.folder import Suite2pPlane, read_rows
@@ -56,10 +57,6 @@ ORIENTATION = (
     "Pixel coordinates follow the raw TwoPhotonSeries: x = image row (suite2p ypix), y = image "
     "column (suite2p xpix), so pixel_mask (x, y, weight) indexes data[t, x, y] of the movie."
 )
-
-
-class AttachError(Exception):
-    """The suite2p results do not fit this session's NWB file; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 from numpy.lib import format as npy_format
 
+from rig2nwb.errors import NpyError, UnsafePickle
+
 __all__ = ["NpyError", "UnsafePickle", "load_npy"]
 
 # numpy's protocol-5 array constructor (private; looked up by name because numpy's stubs omit it).
@@ -50,24 +52,6 @@ _FROMBUFFER: Callable[..., Any] = _numeric.__dict__["_frombuffer"]
 
 _WHAT_LOADS = ("only numpy arrays, numbers, strings, containers and paths are loaded; "
                "nothing in the file was run")
-
-
-class NpyError(Exception):
-    """A .npy file that cannot be read: damaged, truncated, still being written, not a .npy."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
-class UnsafePickle(NpyError):
-    """The file's pickle asks for something that is not plain data; nothing of it was run."""
-
-    def __init__(self, path: Path | str, refused: str, what: str | None = None) -> None:
-        what = what or f"asks for {refused}"
-        super().__init__(path, f"refused to load: the pickle {what}, which is not plain data ({_WHAT_LOADS})")
-        self.refused = refused
 
 
 class _Refused(Exception):
@@ -376,7 +360,8 @@ def _open(path: Path, root: Path | None) -> io.BufferedIOBase:
     """The file opened for reading: through rigfs when it lies in the rig (``root``)."""
     if root is None:
         return open(path, "rb")
-    from rig2nwb.rig.safeopen import UnsafeRigPath, open_rig_file
+    from rig2nwb.errors import UnsafeRigPath
+    from rig2nwb.rig.safeopen import open_rig_file
 
     try:
         return cast(io.BufferedIOBase, open_rig_file(root, path))

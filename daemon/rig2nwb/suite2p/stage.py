@@ -45,14 +45,14 @@ from rig2nwb.config.schema import Config
 from rig2nwb.core.dff import BaselineSettings
 from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.engine.quarantine import describe, is_session_error, quarantine_session
+from rig2nwb.errors import AttachError, Suite2pProblem, UnsafeRigPath
 from rig2nwb.ledger.store import Ledger, SessionRow, Suite2pRow
 from rig2nwb.logs import get_logger
 from rig2nwb.nwb.chunks import resolve_threads
 from rig2nwb.nwb.writer import compression_args, is_lock_error, standard_args
-from rig2nwb.rig.safeopen import UnsafeRigPath, is_rig_dir, split_inside
+from rig2nwb.rig.safeopen import is_rig_dir, split_inside
 from rig2nwb.suite2p.folder import (
     Suite2pPlane,
-    Suite2pProblem,
     find_planes,
     fingerprint,
     load_plane,
@@ -61,7 +61,6 @@ from rig2nwb.suite2p.folder import (
     suite2p_link_problem,
 )
 from rig2nwb.suite2p.nwbobjects import (
-    AttachError,
     AttachSummary,
     PlaneTarget,
     check_fit,
