@@ -6,6 +6,8 @@ Rig2NwbError                      anything rig2nwb raises on purpose
 ├── SecretProblem (ValueError)    a ${NAME} in a notification URL cannot be filled in
 │   └── SecretMissing             ... because NAME is not set
 ├── PatternError (ValueError)     a layout pattern that cannot be used
+├── UsageError (ValueError)       a command was given something it cannot use (no such
+│                                 folder, a session name that is unknown or not unique)
 ├── InputProblem                  what the rig gave cannot be used; ``code``, ``message``,
 │   │                             ``file``, ``transient`` (looking again later may help)
 │   ├── UnsafeRigPath             a link, a FIFO, a path outside rig.root, a file replaced
@@ -21,6 +23,8 @@ Rig2NwbError                      anything rig2nwb raises on purpose
 │   ├── NwbExists                 a file not of this session is where its NWB file goes
 │   ├── NwbBusy                   another program holds the file (HDF5 file lock)
 │   └── RepackError               a repack that found the copy different (original kept)
+├── JobError                      a suite2p job cannot be submitted
+│   └── SchedulerUnavailable      ... because the cluster's scheduler cannot be reached now
 ├── LedgerDamaged                 the ledger fails integrity_check (reported, never trusted)
 └── AlreadyRunning                another rig2nwb holds the state folder
 
@@ -37,6 +41,8 @@ clauses), and not Rig2NwbErrors (nothing reports them as a problem).
 from __future__ import annotations
 
 from pathlib import Path
+
+from rig2nwb.states import Problem
 
 
 class Rig2NwbError(Exception):
@@ -63,6 +69,10 @@ class SecretMissing(SecretProblem):
 
 class PatternError(Rig2NwbError, ValueError):
     """A layout pattern that cannot be used; the message says why."""
+
+
+class UsageError(Rig2NwbError, ValueError):
+    """A command was given something it cannot use; the message says what and what to give."""
 
 
 # --- input from the rig ------------------------------------------------------------------------
@@ -102,7 +112,7 @@ class LabFileProblem(InputProblem):
 
     def __init__(self, path: Path, message: str, line: int | None = None) -> None:
         where = f"{path.name}, line {line}" if line is not None else path.name
-        super().__init__(f"{where}: {message}", code="lab_file", file=path)
+        super().__init__(f"{where}: {message}", code=Problem.LAB_FILE, file=path)
         self.path = path
         self.line = line
         self.message = message
@@ -114,7 +124,7 @@ class MetadataProblem(InputProblem):
     file: str  # rig-relative, as a string
 
     def __init__(self, file: str, problems: list[str]) -> None:
-        super().__init__(f"{file}: " + "; ".join(problems), code="metadata", file=file)
+        super().__init__(f"{file}: " + "; ".join(problems), code=Problem.METADATA, file=file)
         self.problems = tuple(problems)
 
 
@@ -122,7 +132,7 @@ class Suite2pProblem(InputProblem):
     """Something in a suite2p folder that stops its plane from being used; names the file."""
 
     def __init__(self, file: Path | str, message: str) -> None:
-        super().__init__(f"{file}: {message}", code="suite2p", file=file)
+        super().__init__(f"{file}: {message}", code=Problem.SUITE2P, file=file)
         self.message = message
 
 
@@ -130,14 +140,14 @@ class AttachError(InputProblem):
     """The suite2p results do not fit this session's NWB file; the message says why."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="suite2p")
+        super().__init__(message, code=Problem.SUITE2P)
 
 
 class NpyError(InputProblem):
     """A .npy file that cannot be read: damaged, truncated, still being written, not a .npy."""
 
     def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}", code="npy", file=path)
+        super().__init__(f"{path}: {problem}", code=Problem.NPY, file=path)
         self.path = path
         self.problem = problem
 
@@ -179,6 +189,14 @@ class RepackError(OutputError):
 
 
 # --- the state folder ----------------------------------------------------------------------------
+
+
+class JobError(Rig2NwbError):
+    """A suite2p job cannot be submitted (the scheduler's own words in the message)."""
+
+
+class SchedulerUnavailable(JobError):
+    """The cluster's scheduler cannot be reached now: submits wait and are tried again."""
 
 
 class LedgerDamaged(Rig2NwbError):

@@ -16,12 +16,9 @@ import warnings
 from collections.abc import MutableMapping
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import structlog
-
-if TYPE_CHECKING:
-    from rig2nwb.config.schema import Config
 
 # Process-wide fields (the rig name): threads do not inherit contextvars, so this is a plain dict.
 _STATIC: dict[str, Any] = {}
@@ -128,18 +125,6 @@ def setup_logging(
     _ZONE[0] = tz or UTC
 
 
-def setup_from_config(cfg: Config, *, one_shot: bool = False) -> None:
-    """Logging as the config says. ``one_shot`` (convert, attach, demo): the terminal gets each
-    error's one line, the traceback goes to ``logging.file``, or to
-    ``<state.folder>/rig2nwb-commands.log`` when none is configured."""
-    lc = cfg.logging
-    file = lc.file
-    if one_shot and file is None:
-        file = cfg.state.folder / COMMANDS_LOG
-    setup_logging(level=lc.level, fmt=lc.format, file=file, max_bytes=lc.max_bytes,
-                  backups=lc.backups, rig=cfg.rig.name, stream_tracebacks=not one_shot, tz=cfg.tz)
-
-
 COMMANDS_LOG = "rig2nwb-commands.log"
 
 
@@ -195,8 +180,14 @@ def is_journal_stream(stream: Any) -> bool:
         return False
 
 
-def get_logger(name: str = "rig2nwb", **bound: Any) -> Any:
-    return structlog.get_logger(name).bind(**bound)
+# What every part of rig2nwb logs with: structlog's stdlib-backed logger (``info``, ``warning``,
+# ``error``, ``bind`` ...), configured by setup_logging.
+Logger = structlog.stdlib.BoundLogger
+
+
+def get_logger(name: str = "rig2nwb", **bound: Any) -> Logger:
+    """A logger named ``name`` with ``bound`` fields on every line."""
+    return cast(Logger, structlog.get_logger(name).bind(**bound))
 
 
 def _isatty(stream: Any) -> bool:

@@ -16,16 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rig2nwb.commands.convert import after_one_shot, resolve_session_folder
+from rig2nwb.config.paths import ledger_path, resolve_session_folder
 from rig2nwb.config.schema import Config
-from rig2nwb.engine.engine import Engine
-from rig2nwb.engine.quarantine import quarantine_text
-from rig2nwb.errors import AlreadyRunning
-from rig2nwb.ledger.store import Ledger, SessionRow
-from rig2nwb.nwb.check import CheckSummary
+from rig2nwb.errors import AlreadyRunning, UsageError
+from rig2nwb.ledger.quarantine import quarantine_text
+from rig2nwb.ledger.rows import SessionRow
+from rig2nwb.ledger.store import Ledger, open_verified
+from rig2nwb.nwb.checksummary import CheckSummary
 from rig2nwb.rig.safeopen import is_rig_dir
-from rig2nwb.service.loop import ledger_path, lock_state, open_verified
-from rig2nwb.suite2p.folder import fingerprint, plane_link_problems, suite2p_link_problem
+from rig2nwb.service.oneshot import OneShot, after_one_shot, finish_checks, one_shot
+from rig2nwb.states import AttachState, SessionState, Suite2pState
+from rig2nwb.suite2p.listing import fingerprint, plane_link_problems, suite2p_link_problem
 from rig2nwb.suite2p.nwbobjects import AttachSummary
 from rig2nwb.suite2p.stage import Suite2pStage, digest, suite2p_folder, suite2p_root
 
@@ -49,11 +50,11 @@ def find_session(cfg: Config, ledger: Ledger, folder: Path) -> SessionRow:
         if any(p == scope or scope in p.parents for p in parents):
             found.append(sess)
     if not found:
-        raise ValueError(f"{folder}: no converted session has its TIFFs here "
+        raise UsageError(f"{folder}: no converted session has its TIFFs here "
                          "(convert it first: rig2nwb convert FOLDER)")
     if len(found) > 1:
         names = ", ".join(f"{s.subject}/{s.session}" for s in found)
-        raise ValueError(f"{folder}: holds several sessions ({names}); give one session's folder")
+        raise UsageError(f"{folder}: holds several sessions ({names}); give one session's folder")
     return found[0]
 
 
@@ -64,7 +65,7 @@ def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
     records in the ledger what it saw, as the daemon's survey would)."""
     if sess.quarantined:
         return AttachResult(False, quarantine_text(sess))
-    if sess.state != "finished" or not sess.nwb_created:
+    if sess.state != SessionState.FINISHED or not sess.nwb_created:
         return AttachResult(False, f"session {sess.session} is not finished yet (state: "
                             f"{sess.state}); suite2p results are attached to finished sessions")
     where = suite2p_folder(cfg, ledger, sess)
@@ -83,7 +84,7 @@ def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
     if missing:
         return AttachResult(False, f"{where}: suite2p output incomplete: {missing}")
     row = ledger.suite2p(sess.id)
-    if row is not None and row.state == "attached" and row.attached == digest(
+    if row is not None and row.state == Suite2pState.ATTACHED and row.attached == digest(
             fingerprint(where, root)):
         if cfg.output.check_files and sess.validation is None:
             return None  # attached, but its check is still to come: wait for it
@@ -94,44 +95,33 @@ def precheck(cfg: Config, ledger: Ledger, sess: SessionRow, *,
 def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0,
            notify: bool = False) -> AttachResult:
     if not ledger_path(cfg).exists():
-        raise ValueError(f"no ledger in {cfg.state.folder}: nothing has been converted yet")
+        raise UsageError(f"no ledger in {cfg.state.folder}: nothing has been converted yet")
     try:
-        lock = lock_state(cfg)
+        with one_shot(cfg) as run:  # AlreadyRunning comes from taking the lock, only
+            return _attach_here(cfg, run, folder, notify)
     except AlreadyRunning:
         return _ask_daemon(cfg, folder, wait_seconds)
-    try:
-        ledger = open_verified(ledger_path(cfg))
-    except BaseException:
-        lock.release()
-        raise
-    try:
-        sess = find_session(cfg, ledger, folder)
-        early = precheck(cfg, ledger, sess, complete=False)
-        if early is not None:
-            return early
-        since_event = ledger.last_event_id()
-        engine = Engine(cfg, ledger)
-        outcome = None
-        with engine.guard(sess.id, "attaching suite2p results (rig2nwb attach)") as g:
-            engine.suite2p.recover(sess)
-            outcome = engine.attach_suite2p(sess.id, on_demand=True)
-        if g.failed or outcome is None:
-            engine.close()
-            after_one_shot(cfg, engine, since_event, notify=notify)
-            return AttachResult(False, quarantine_text(ledger.session_by_id(sess.id)))
-        if outcome.state not in ("attached", "unchanged"):
-            engine.close()
-            after_one_shot(cfg, engine, since_event, notify=notify)
-            return AttachResult(False, outcome.message)
-        while engine.checks_pending():
-            engine.run_checks()
-            time.sleep(0.1)
-        engine.close()
-        after_one_shot(cfg, engine, since_event, notify=notify)
-        return _result(ledger, sess.id, outcome.message)
-    finally:
-        ledger.close()
-        lock.release()
+
+
+def _attach_here(cfg: Config, run: OneShot, folder: Path, notify: bool) -> AttachResult:
+    engine, ledger = run.engine, run.ledger
+    sess = find_session(cfg, ledger, folder)
+    early = precheck(cfg, ledger, sess, complete=False)
+    if early is not None:
+        return early
+    outcome = None
+    with engine.guard(sess.id, "attaching suite2p results (rig2nwb attach)") as g:
+        engine.suite2p.recover(sess)
+        outcome = engine.attach_suite2p(sess.id, on_demand=True)
+    if g.failed or outcome is None:
+        after_one_shot(cfg, run, notify=notify)
+        return AttachResult(False, quarantine_text(ledger.session_by_id(sess.id)))
+    if outcome.state not in (AttachState.ATTACHED, AttachState.UNCHANGED):
+        after_one_shot(cfg, run, notify=notify)
+        return AttachResult(False, outcome.message)
+    finish_checks(engine)
+    after_one_shot(cfg, run, notify=notify)
+    return _result(ledger, sess.id, outcome.message)
 
 
 def _ask_daemon(cfg: Config, folder: Path, wait_seconds: float) -> AttachResult:

@@ -1,4 +1,5 @@
-"""Command line: ``rig2nwb run | convert | attach | retry | status | check-config | demo``.
+"""Command line: ``rig2nwb run | convert | attach | process | retry | repack | status | lab |
+check-config | demo``.
 
 Every command takes ``--config PATH`` (default ``./config.toml``). Errors are one clear line (or
 one list, for configuration problems), never a traceback; exit codes: 0 done, 1 the job could
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rig2nwb import __version__
-from rig2nwb.config.schema import DEFAULT_CONFIG, Config, load_config
-from rig2nwb.core.patterns import printable
-from rig2nwb.errors import ConfigError, LedgerDamaged
-from rig2nwb.logs import setup_from_config
+from rig2nwb.config.loading import load_config
+from rig2nwb.config.logsetup import setup_from_config
+from rig2nwb.config.schema import DEFAULT_CONFIG, Config
+from rig2nwb.core.names import printable
+from rig2nwb.errors import ConfigError, LedgerDamaged, UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a running daemon to do it (default 3600)")
     a.add_argument("--notify", action="store_true",
                    help="send the notifications the daemon would (needs the notify secrets)")
+    pr = sub.add_parser("process", parents=[common],
+                        help="run suite2p on a finished session now (suite2p.run), or again")
+    pr.add_argument("session_folder", type=Path, help="the folder holding the session's TIFFs")
+    pr.add_argument("--executor", choices=["local", "slurm"],
+                    help="where the job runs (default: suite2p.run.executor)")
+    pr.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                    help="follow the job to its end and until its results are attached")
+    lb = sub.add_parser("lab", help="every rig of a lab server in one table or page")
+    lb.add_argument("configs", nargs="+", type=Path, metavar="CONFIG",
+                    help="each rig's config file, or a folder of them (every *.toml)")
+    lb.add_argument("--json", action="store_true", help="one JSON object per session")
+    lb.add_argument("--page", type=Path, metavar="PATH",
+                    help="write the lab page (HTML) here, and its JSON twin beside it")
+    lb.add_argument("--watch", type=float, metavar="SECONDS",
+                    help="again every SECONDS until stopped")
     q = sub.add_parser("retry", parents=[common],
                        help="lift a session's quarantine (after fixing the cause or upgrading)")
     q.add_argument("session", help="SUBJECT/SESSION, or SESSION when it is unique")
@@ -68,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--idle", type=float, default=5.0, help=(
         "seconds without new TIFFs before the session counts as finished (demo only; "
         "default 5, the config's completion.session_idle_seconds is for real rigs)"))
+    d.add_argument("--suite2p", action="store_true", help=(
+        "then run real suite2p on the session and attach its ROIs (needs "
+        "pip install 'rig2nwb[suite2p]')"))
     return p
 
 
@@ -80,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = _Printable(sys.stdout)
     sys.stderr = _Printable(sys.stderr)
     args = _parser().parse_args(argv)
+    if args.command == "lab":  # its configs are its arguments
+        return _lab(args)
     config_path: Path | None = getattr(args, "config", None)
     if config_path is None:
         config_path = DEFAULT_CONFIG
@@ -122,7 +144,7 @@ def _internal_error(exc: BaseException) -> int:
     import tempfile
     import traceback
 
-    from rig2nwb.engine.quarantine import describe
+    from rig2nwb.ledger.quarantine import describe
     from rig2nwb.logs import get_logger, log_files
 
     files = log_files()
@@ -145,7 +167,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         cfg = _load(path)
         print(f"{path}: OK (rig {cfg.rig.name!r}, watching {cfg.rig.root}, "
               f"writing to {cfg.output.folder})")
-        from rig2nwb.config.schema import config_warnings
+        from rig2nwb.config.loading import config_warnings
 
         for warning in config_warnings(cfg):
             print(f"warning: {warning}")
@@ -177,7 +199,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     if cmd == "demo":
         return _demo(args, config_path)
     if cmd == "repack":
-        from rig2nwb.nwb.repack import repack_command
+        from rig2nwb.commands.repack import repack_command
 
         cfg = _load(config_path, check_paths=False)
         setup_from_config(cfg, one_shot=True)
@@ -207,7 +229,8 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
     setup_from_config(cfg, one_shot=cmd != "run")
     if cmd == "run":
         from rig2nwb.errors import AlreadyRunning, WriterPoisoned
-        from rig2nwb.service.loop import Service, lower_priority
+        from rig2nwb.service.loop import Service
+        from rig2nwb.service.priority import lower_priority
         from rig2nwb.service.supervisor import (
             ALREADY_RUNNING_CODE,
             LEDGER_DAMAGED_CODE,
@@ -237,7 +260,7 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
         try:
             result = convert(cfg, args.session_folder, progress=False if args.no_progress else None,
                              notify=args.notify)
-        except (AlreadyRunning, ValueError) as exc:
+        except (AlreadyRunning, UsageError) as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
         except WriterPoisoned as exc:
@@ -252,19 +275,45 @@ def _dispatch(args: argparse.Namespace, config_path: Path) -> int:
 
         try:
             res = attach(cfg, args.session_folder, wait_seconds=args.wait, notify=args.notify)
-        except ValueError as exc:
+        except UsageError as exc:
             print(f"rig2nwb: {exc}", file=sys.stderr)
             return 1
         print(("attached: " if res.ok else "rig2nwb: ") + res.message,
               file=sys.stdout if res.ok else sys.stderr)
         return 0 if res.ok else 1
+    if cmd == "process":
+        from rig2nwb.commands.process import process
+
+        try:
+            pres = process(cfg, args.session_folder, executor=args.executor,
+                           wait_seconds=args.wait)
+        except UsageError as exc:
+            print(f"rig2nwb: {exc}", file=sys.stderr)
+            return 1
+        print(("ok: " if pres.ok else "rig2nwb: ") + pres.message,
+              file=sys.stdout if pres.ok else sys.stderr)
+        return 0 if pres.ok else 1
     raise AssertionError(cmd)  # pragma: no cover
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from rig2nwb.commands.lab import lab
+
+    try:
+        return lab(args.configs, as_json=args.json, page=args.page, watch=args.watch)
+    except UsageError as exc:
+        print(f"rig2nwb: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence, as for every command
+        return _internal_error(exc)
 
 
 def _check_ledger_readonly(cfg: Config) -> None:
     """``status`` reports a ledger that fails SQLite's integrity_check instead of showing it."""
+    from rig2nwb.config.paths import ledger_path
     from rig2nwb.ledger.store import Ledger
-    from rig2nwb.service.loop import ledger_path
 
     path = ledger_path(cfg)
     if not path.exists():
@@ -287,7 +336,7 @@ def _exit_now(code: int) -> NoReturn:
 
 def _demo(args: argparse.Namespace, config_path: Path) -> int:
     from rig2nwb.commands.demo import DemoOptions, run_demo
-    from rig2nwb.config.schema import validate_config
+    from rig2nwb.config.loading import validate_config
     from rig2nwb.errors import AlreadyRunning
 
     # The demo creates the folders it writes to, so they need not exist yet.
@@ -299,12 +348,12 @@ def _demo(args: argparse.Namespace, config_path: Path) -> int:
     cfg = validate_config(raw, base=Path.cwd(), source=str(config_path))
     setup_from_config(cfg, one_shot=True)
     opts = DemoOptions(files=args.files, frames_per_file=args.frames_per_file, size=args.size,
-                       rate=args.rate)
+                       rate=args.rate, suite2p=args.suite2p)
     from rig2nwb.errors import WriterPoisoned
 
     try:
         return run_demo(cfg, opts)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UsageError) as exc:
         print(f"rig2nwb: {exc}", file=sys.stderr)
         return 1
     except WriterPoisoned as exc:
@@ -342,6 +391,14 @@ def _history_text(record: dict[str, object], tz: tzinfo | None = None) -> str:
     from rig2nwb.outputs.status import timing_lines
 
     lines += timing_lines(record, tz)
+    for job in record.get("jobs") or []:  # type: ignore[attr-defined]
+        lines.append(f"suite2p job (attempt {job['attempt']}, {job['executor']} "
+                     f"{job['job_id'] or '-'}): {job['state']}"
+                     + (f", exit status {job['exit_code']}" if job["exit_code"] is not None else "")
+                     + (f" ({job['detail']})" if job["detail"] else "") + f"  log: {job['log']}")
+    if record.get("job_log_tail"):
+        lines.append("latest suite2p job's log, last lines:")
+        lines += [f"  | {line}" for line in record["job_log_tail"]]  # type: ignore[attr-defined]
     lines.append("history:")
     for e in record["events"]:  # type: ignore[attr-defined]
         lines.append(f"  {local_time(e['at'], tz)} [{e['stage']}] {e['message']}")

@@ -3,6 +3,11 @@
 The rig writes TIFFs page by page in real time into the configured rig folder, then the lab's
 scan and trial files; the daemon (the same Service as ``rig2nwb run``) converts them as they
 complete. At the end the NWB file is read back with pynwb and compared with the rig's frames.
+
+``--suite2p`` closes the loop: once the session is finished and checked, rig2nwb starts real
+suite2p on it (suite2p.run.executor = "local", the default job command), attaches the ROIs and
+traces, and draws the summary picture again with the ROIs on it. suite2p must be importable by
+this Python (``pip install 'rig2nwb[suite2p]'``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +25,12 @@ from rig2nwb.config.paths import status_html, status_json, summary_png
 from rig2nwb.config.schema import Config
 from rig2nwb.core.patterns import Pattern
 from rig2nwb.engine.engine import Engine
+from rig2nwb.errors import UsageError
 from rig2nwb.logs import get_logger
 from rig2nwb.outputs.status import collect, render_table
-from rig2nwb.service.loop import Service, lower_priority
+from rig2nwb.service.loop import Service
+from rig2nwb.service.priority import lower_priority
+from rig2nwb.states import JobState, SessionState, Suite2pState
 from rig2nwb.testing.simrig import MovieSpec, SimSession
 
 
@@ -34,6 +43,7 @@ class DemoOptions:
     subject: str = "mouse01"
     site: str = "site1"
     timeout_seconds: float = 600.0
+    suite2p: bool = False
 
 
 def concrete_path(pattern: Pattern, stem: str, **values: str) -> str:
@@ -41,7 +51,7 @@ def concrete_path(pattern: Pattern, stem: str, **values: str) -> str:
     text = pattern.render(**values)
     text = text.replace("*", stem, 1).replace("*", "").replace("?", "x")
     if pattern.match(text) is None:
-        raise ValueError(f"cannot make a file name for pattern {pattern.text!r}; the demo needs a "
+        raise UsageError(f"cannot make a file name for pattern {pattern.text!r}; the demo needs a "
                          "frames pattern whose file name part is a simple wildcard like '*.tif'")
     return text
 
@@ -59,6 +69,7 @@ def plan_session(cfg: Config, opts: DemoOptions, session: str) -> SimSession:
 
 
 def run_demo(cfg: Config, opts: DemoOptions) -> int:
+    cfg = demo_config(cfg, opts)
     log = get_logger("rig2nwb.commands.demo")
     session = datetime.now().strftime("%Y%m%d_%H%M%S")
     sim = plan_session(cfg, opts, session)
@@ -88,8 +99,20 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
             return True
         row = engine.ledger.session(opts.subject, session)
         # finished, and its file checked (pynwb validator + nwbinspector) unless that is off
-        return row is not None and row.state == "finished" and (
+        done = row is not None and row.state == SessionState.FINISHED and (
             row.validation is not None or not cfg.output.check_files)
+        if not done or not opts.suite2p or row is None:
+            return done
+        # --suite2p: until the results are attached and the file checked again, or the job
+        # ended without results.
+        job = engine.ledger.latest_jobs().get(row.id)
+        s2p = engine.ledger.suite2p(row.id)
+        if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED,
+                                             JobState.LOST):
+            return True
+        return s2p is not None and (s2p.state == Suite2pState.PROBLEM or (
+            (s2p.state == Suite2pState.ATTACHED and engine.ledger.session_by_id(row.id).validation
+            is not None) or not cfg.output.check_files))
 
     rig_thread = threading.Thread(target=rig, name="simrig", daemon=True)
     rig_thread.start()
@@ -120,7 +143,42 @@ def run_demo(cfg: Config, opts: DemoOptions) -> int:
         print(f"\nsummary picture: {picture}")
     if status_html(cfg).exists():
         print(f"status page:     {status_html(cfg)}  (+ {status_json(cfg).name})")
+    if opts.suite2p:
+        ok = _suite2p_outcome(rows[0]) and ok
     return 0 if ok and rows[0]["validation_ok"] is not False else 1
+
+
+def demo_config(cfg: Config, opts: DemoOptions) -> Config:
+    """With ``--suite2p``: jobs on this machine, results beside the NWB files (the rig folder
+    stays as the rig wrote it), looked for every 2 s. UsageError without suite2p."""
+    if not opts.suite2p:
+        return cfg
+    import importlib.util
+
+    if importlib.util.find_spec("suite2p") is None:
+        raise UsageError("demo --suite2p runs real suite2p, which this Python cannot import; "
+                         "install it with: pip install 'rig2nwb[suite2p]'")
+    raw = cfg.model_dump(mode="json")
+    raw["suite2p"].update(enabled=True, interval_seconds=2.0, settle_seconds=0.0,
+                          folder=str(cfg.output.folder / "suite2p" / "{subject}" / "{session}"))
+    raw["suite2p"]["run"].update(executor="local", poll_seconds=1.0, local_launcher="process")
+    from rig2nwb.config.loading import validate_config
+
+    return validate_config(raw, base=Path.cwd(), source="demo")
+
+
+def _suite2p_outcome(row: dict[str, Any]) -> bool:
+    job, s2p = row.get("processing"), row.get("suite2p")
+    if job is None:
+        print("suite2p: no job was started (see the log)")
+        return False
+    print(f"suite2p job ({job['executor']} {job['job_id']}): {job['state']}; log: {job['log']}")
+    if s2p is None or s2p["state"] != "attached":
+        print(f"suite2p results: {s2p['state'] + ': ' + s2p['detail'] if s2p else 'none'}")
+        return False
+    print(f"suite2p results attached: {s2p['rois']} ROIs, {s2p['cells']} cells "
+          f"({s2p['planes']} plane(s)); the summary picture shows them")
+    return True
 
 
 def _read_back(path: Path, sim: SimSession) -> bool:

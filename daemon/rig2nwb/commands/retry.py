@@ -7,19 +7,21 @@ ledger says is committed; nothing is redone that was done.
 
 from __future__ import annotations
 
+from rig2nwb.config.paths import ledger_path
 from rig2nwb.config.schema import Config
-from rig2nwb.ledger.store import Ledger, SessionRow
-from rig2nwb.service.loop import ledger_path
+from rig2nwb.errors import UsageError
+from rig2nwb.ledger.rows import SessionRow
+from rig2nwb.ledger.store import Ledger
 
 
 def find_by_name(ledger: Ledger, name: str) -> SessionRow:
     """``SUBJECT/SESSION`` or a session name that is unique in the ledger."""
     rows = [s for s in ledger.sessions() if name in (s.session, f"{s.subject}/{s.session}")]
     if not rows:
-        raise ValueError(f"no session {name!r} in the ledger (see rig2nwb status)")
+        raise UsageError(f"no session {name!r} in the ledger (see rig2nwb status)")
     if len(rows) > 1:
         names = ", ".join(f"{s.subject}/{s.session}" for s in rows)
-        raise ValueError(f"{name!r} names several sessions ({names}); give SUBJECT/SESSION")
+        raise UsageError(f"{name!r} names several sessions ({names}); give SUBJECT/SESSION")
     return rows[0]
 
 

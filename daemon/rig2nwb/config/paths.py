@@ -9,23 +9,36 @@ files, so one share gives both:
   ``...thumb.png``, the mean image of its first plane, small (the page's thumbnail);
 - ``rig2nwb-status/<subject>_<session>.preview.png``: the live preview while it is acquiring.
 
-Files are replaced atomically (a temporary file in the same folder, then ``os.replace``), so a
-browser or a file manager never sees half a page or half a picture.
+Files are replaced atomically (fsutil.write_atomic), so a browser or a file manager never sees
+half a page or half a picture. The state folder holds the ledger and the lock.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import quote
 
 from rig2nwb.config.schema import Config
+from rig2nwb.errors import UsageError
 
 STATUS_HTML = "rig2nwb-status.html"
 STATUS_JSON = "rig2nwb-status.json"
 PICTURE_FOLDER = "rig2nwb-status"
+
+
+def ledger_path(cfg: Config) -> Path:
+    """The ledger: what was appended, committed and reported, per session."""
+    return cfg.state.folder / "ledger.sqlite"
+
+
+def lock_path(cfg: Config) -> Path:
+    """Held by the one process that writes the ledger and the NWB files (daemon or command)."""
+    return cfg.state.folder / "rig2nwb.lock"
+
+
+def heartbeat_path(cfg: Config) -> Path:
+    """The daemon's heartbeat (service.heartbeat): read by `rig2nwb lab`, never locked."""
+    return cfg.state.folder / "heartbeat.json"
 
 
 def status_html(cfg: Config) -> Path:
@@ -55,21 +68,6 @@ def preview_png(cfg: Config, subject: str, session: str) -> Path:
     return picture_folder(cfg) / f"{_safe(subject, '_')}_{_safe(session)}.preview.png"
 
 
-def file_mode() -> int:
-    """The mode a new file gets under this process's umask (0644 under 022, 0640 under 027): the
-    pages and pictures are for the whole lab, like the NWB files beside them. (mkstemp alone
-    makes 0600.) Read once: os.umask can only be read by setting it."""
-    global _MODE
-    if _MODE is None:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        _MODE = 0o666 & ~mask
-    return _MODE
-
-
-_MODE: int | None = None
-
-
 def display_path(cfg: Config, path: Path) -> str:
     """``path`` as people should see it: below output.folder, with notify.link_prefix in place
     of the folder (a share such as \\\\server\\nwb, or an https URL); else absolute."""
@@ -87,24 +85,6 @@ def display_path(cfg: Config, path: Path) -> str:
     return prefix.rstrip("/") + "/" + rel.as_posix()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step; readers see the old or the new file, never a
-    mix. Created with the umask's mode (file_mode). Not fsynced: these files are rebuilt from
-    the ledger whenever they are lost."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _safe(name: str, also: str = "") -> str:
     """Subject and session names are already checked to be safe path parts by the watcher; this
     keeps a stray separator from escaping the folder. Percent-encoding (``%`` included) keeps
@@ -113,3 +93,19 @@ def _safe(name: str, also: str = "") -> str:
     ``m1``/``x_s1`` get two pictures, not one."""
     unsafe = '/\\:*?"<>|%\0' + also
     return "".join(f"%{ord(c):02X}" if c in unsafe or c < " " else c for c in name) or "%00"
+
+
+def resolve_session_folder(cfg: Config, folder: Path) -> Path:
+    """Accept a folder given absolute, relative to the working folder, or relative to rig.root."""
+    for candidate in (folder, cfg.rig.root / folder):
+        if candidate.is_dir():
+            resolved = candidate.resolve()
+            try:
+                inside = resolved.relative_to(cfg.rig.root.resolve())
+            except ValueError:
+                raise UsageError(f"{folder} is not inside rig.root ({cfg.rig.root}); "
+                                 "patterns are matched relative to rig.root") from None
+            # Spelled from rig.root (which may itself be a link, the admin's choice): the rig
+            # is then read from there, through rigfs, never through a link below it.
+            return cfg.rig.root / inside
+    raise UsageError(f"{folder}: no such folder")

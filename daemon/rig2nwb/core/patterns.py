@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from rig2nwb.errors import PatternError
 
 PLACEHOLDER_NAMES = ("subject", "site", "session")
-_SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
 def placeholders(pattern: str) -> set[str]:
@@ -91,7 +89,8 @@ class Pattern:
     def match(self, rel_path: str) -> dict[str, str] | None:
         """Match a rig-relative POSIX path; return the placeholder values or None.
 
-        Values are returned as found: callers check ``is_safe_name`` before using one in a path,
+        Values are returned as found: callers check ``core.names.is_safe_name`` before using one
+        in a path,
         so that an unsafe folder name is reported instead of silently ignored."""
         m = self.regex.match(rel_path)
         return m.groupdict() if m is not None else None
@@ -99,29 +98,6 @@ class Pattern:
     def render(self, **values: str) -> str:
         """Fill the placeholders (wildcards are left as they are)."""
         return self.text.format(**{n: values[n] for n in self.names})
-
-
-def is_safe_name(value: str) -> bool:
-    """True when a subject/session/site name can be used in a file name, a log line, a terminal
-    and a notification title as it is: it cannot escape a folder, and it holds no control or
-    format characters (a newline would forge lines, an ESC sequence would drive the terminal)."""
-    return (bool(_SAFE_NAME.match(value)) and value not in (".", "..") and value.strip() == value
-            and not any(unicodedata.category(c) in _UNPRINTABLE for c in value)
-            and len(value.encode("utf-8", "surrogateescape")) <= 200)
-
-
-# Unicode categories never allowed in names: controls, format characters (bidi overrides among
-# them), line and paragraph separators, surrogates and unassigned code points.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal or a one-line message: every control or format character
-    (ESC, newline, bidi overrides...) shown as a visible escape such as ``\\x1b``."""
-    if all(unicodedata.category(c) not in _UNPRINTABLE for c in text):
-        return text
-    return "".join(c if unicodedata.category(c) not in _UNPRINTABLE else
-                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 def _glob_to_regex(literal: str) -> str:
@@ -134,39 +110,3 @@ def _glob_to_regex(literal: str) -> str:
         else:
             out.append(re.escape(ch))
     return "".join(out)
-
-
-_RUN_INDEX = re.compile(r"^(?P<stem>.*?)(?P<index>\d+)(?P<ext>\.[A-Za-z0-9]+)$")
-
-
-@dataclass(frozen=True)
-class RunPosition:
-    """Where a TIFF stands in its acquisition run.
-
-    ``run`` is the file name with its last number removed (``name_00001_`` for ScanImage's
-    ``name_00001_00002.tif``), ``index`` that number. Files without a number form a run of their
-    own with index -1. ``sort_key`` gives run order (numbers inside names compare as numbers).
-    """
-
-    folder: str
-    run: str
-    index: int
-    name: str
-
-    @property
-    def sort_key(self) -> tuple[tuple[object, ...], tuple[object, ...], int]:
-        return (_natural(self.folder), _natural(self.run), self.index)
-
-
-def _natural(text: str) -> tuple[object, ...]:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
-
-
-def run_position(rel_path: str) -> RunPosition:
-    p = PurePosixPath(rel_path)
-    m = _RUN_INDEX.match(p.name)
-    if m is None:
-        return RunPosition(str(p.parent), p.name.lower(), -1, p.name)
-    return RunPosition(
-        str(p.parent), (m.group("stem") + m.group("ext")).lower(), int(m.group("index")), p.name
-    )

@@ -4,7 +4,7 @@ No I/O here. The engine gathers facts (stat results, inspection results, ledger 
 ``plan_session`` for the next action of one session, carries it out, and asks again. Keeping
 the decisions pure makes the ordering and completion rules easy to test exhaustively.
 
-Rules (documented in the README):
+Rules (documented in docs/conversion.md, "How it decides"):
 - Files of a session are appended strictly in run order (folder, run name, file index; numbers
   compare as numbers). Only the first unresolved file is ever a candidate, so a TIFF still being
   written holds back later files of its own session and nothing else.
@@ -20,7 +20,9 @@ Rules (documented in the README):
   series: it is marked out of order and reported, never silently dropped.
 - A session's acquisition is complete when its end marker exists, or when its lab files are
   present (if required) and no TIFF has changed for the idle period; then every remaining file
-  is complete and, once all are resolved, the session is finalized.
+  is complete and, once all are resolved, the session is finalized. A file that failed for a
+  passing reason (permission denied, an I/O error) and is still there holds finalizing back: it
+  is tried again on every rescan, and the session finishes once it reads or is removed.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rig2nwb.core.patterns import RunPosition
+from rig2nwb.core.runorder import RunPosition
+from rig2nwb.states import RESOLVED_FILE_STATES, FileState
 
-RESOLVED = frozenset({"committed", "failed", "vanished", "out_of_order"})
+RESOLVED = RESOLVED_FILE_STATES
 
 Parsed = Literal["ok", "bad", "unknown"]
 
@@ -46,6 +49,7 @@ class FileFacts:
     parsed: Parsed  # inspection result for the current size and mtime
     state: str  # ledger state: waiting, appending, committed, failed, vanished, out_of_order
     holds_frames: bool = False  # some of its frames are in the series, whatever its state
+    retrying: bool = False  # failed for a passing reason (permissions, I/O): tried again
 
 
 @dataclass(frozen=True)
@@ -92,16 +96,16 @@ def plan_session(facts: SessionFacts, rules: Rules) -> list[Action]:
 
     last_done = -1  # index in ``files`` of the last file that holds committed frames
     for i, f in enumerate(files):
-        if f.state in ("committed", "appending") or f.holds_frames:
+        if f.state in (FileState.COMMITTED, FileState.APPENDING) or f.holds_frames:
             last_done = i
     for i, f in enumerate(files):
         if f.state in RESOLVED:
             continue
         if not f.present:
-            partly = f.state == "appending"
+            partly = f.state == FileState.APPENDING
             actions.append(Action("vanished", f.path, "deleted before it was completely appended"
                                   if partly else "deleted before it was appended"))
-        elif f.state == "appending":
+        elif f.state == FileState.APPENDING:
             continue
         elif i < last_done:
             later = files[last_done].position.name
@@ -118,7 +122,12 @@ def plan_session(facts: SessionFacts, rules: Rules) -> list[Action]:
             continue
         return [*actions, *_next_step(f, files[:i], facts, rules, done)]
 
-    if done and not facts.finished and any(f.state == "committed" for f in files):
+    held = next((f for f in files if f.retrying and f.present), None)
+    if done and held is not None and not facts.finished:
+        # Finalizing now would finish the session without a file the lab can still fix (a
+        # permission): it waits, with the file's problem in status, until the file reads or goes.
+        actions.append(Action("wait", held.path, "failed for a passing reason; tried again"))
+    elif done and not facts.finished and any(f.state == FileState.COMMITTED for f in files):
         actions.append(Action("finalize"))
     return actions
 
@@ -139,7 +148,7 @@ def _next_step(f: FileFacts, before: Sequence[FileFacts], facts: SessionFacts, r
 
 
 def _is_complete(f: FileFacts, facts: SessionFacts, rules: Rules, done: bool) -> tuple[bool, str]:
-    if f.state == "appending":
+    if f.state == FileState.APPENDING:
         return True, "partly appended before a restart"
     if rules.convert:
         return True, "convert: every TIFF present is taken as complete"

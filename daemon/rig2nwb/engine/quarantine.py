@@ -20,85 +20,22 @@ skipped by everything until ``rig2nwb retry SESSION`` lifts the quarantine.
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-import time
-import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
-from rig2nwb.ledger.store import Ledger, SessionRow
-from rig2nwb.service.supervisor import PREVIOUS_EXIT_ENV
+from rig2nwb.ledger.quarantine import (
+    clear_inflight,
+    is_session_error,
+    quarantine_session,
+    read_inflight,
+    set_inflight,
+)
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.logs import Logger
 
-PROBLEM_CODE = "quarantined"
-INFLIGHT_KEY = "inflight"
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def describe(exc: BaseException) -> str:
-    """``ValueError: bad thing`` (first line only, at most 300 characters)."""
-    text = f"{type(exc).__name__}: {first_line(exc)}"
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def is_session_error(exc: BaseException) -> bool:
-    """Should this exception quarantine the session it happened in? Programming errors and bad
-    data do; a ledger that is locked or broken is everyone's problem, not this session's."""
-    if not isinstance(exc, Exception):
-        return False  # KeyboardInterrupt, SystemExit, GeneratorExit
-    return not (isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError))
-
-
-def quarantine_session(ledger: Ledger, log: Any, sess: SessionRow, phase: str, reason: str,
-                       *, exc: BaseException | None = None) -> str:
-    """Mark the session quarantined, report it (status, page, notification) and log why.
-    Returns the problem message."""
-    name = f"{sess.subject}/{sess.session}"
-    message = (f"quarantined while {phase}: {reason}. Nothing more is done with this session "
-               f"(its committed frames are kept) until `rig2nwb retry {name}`, after the cause "
-               "is fixed or rig2nwb upgraded")
-    ledger.quarantine(sess.id, phase, reason)
-    if ledger.report_problem(sess.id, PROBLEM_CODE, message):
-        ledger.add_event(sess.id, "problem", message)
-    details = "".join(traceback.format_exception(exc)) if exc is not None else None
-    log.error("session quarantined", stage=phase, subject=sess.subject, session=sess.session,
-              reason=reason, traceback=details)
-    return message
-
-
-@dataclass(frozen=True)
-class Inflight:
-    session_id: int
-    phase: str
-    pid: int
-    at: float
-
-
-def set_inflight(ledger: Ledger, session_id: int, phase: str) -> None:
-    ledger.set_meta(INFLIGHT_KEY, json.dumps({"session_id": session_id, "phase": phase,
-                                              "pid": os.getpid(), "at": time.time()}))
-
-
-def clear_inflight(ledger: Ledger) -> None:
-    ledger.delete_meta(INFLIGHT_KEY)
-
-
-def read_inflight(ledger: Ledger) -> Inflight | None:
-    raw = ledger.get_meta(INFLIGHT_KEY)
-    if raw is None:
-        return None
-    try:
-        d = json.loads(raw)
-        return Inflight(int(d["session_id"]), str(d["phase"]), int(d.get("pid", 0)),
-                        float(d.get("at", 0.0)))
-    except (ValueError, KeyError, TypeError):
-        return None  # unreadable: nothing to count
+# The supervisor tells a new worker how the one before it ended (service.supervisor sets it).
+PREVIOUS_EXIT_ENV = "RIG2NWB_PREVIOUS_WORKER_EXIT"
 
 
 def previous_worker_exit() -> str | None:
@@ -106,7 +43,7 @@ def previous_worker_exit() -> str | None:
     return os.environ.get(PREVIOUS_EXIT_ENV) or None
 
 
-def account_previous_worker(ledger: Ledger, log: Any, died: str | None,
+def account_previous_worker(ledger: Ledger, log: Logger, died: str | None,
                             max_deaths: int) -> None:
     """At worker start: count a death of the session the previous worker was working on."""
     crumb = read_inflight(ledger)
@@ -141,7 +78,8 @@ class SessionGuard:
     untouched and leave the breadcrumb, since they end the process."""
 
     def __init__(self, ledger: Ledger, session_id: int, phase: str, *,
-                 on_error: Any, breadcrumb: bool = True,
+                 on_error: Callable[[int, str, BaseException], None],
+                 breadcrumb: bool = True,
                  passthrough: tuple[type[BaseException], ...] = (),
                  deaths: dict[tuple[int, str], int] | None = None) -> None:
         self.ledger = ledger
@@ -182,10 +120,3 @@ class SessionGuard:
     def _clear(self) -> None:
         if self.breadcrumb:
             clear_inflight(self.ledger)
-
-
-def quarantine_text(sess: SessionRow) -> str:
-    """One line for a command refused because the session is quarantined."""
-    return (f"session {sess.subject}/{sess.session} is quarantined (while "
-            f"{sess.quarantine_phase}: {sess.quarantine_reason}); fix the cause, then "
-            f"`rig2nwb retry {sess.subject}/{sess.session}`")

@@ -1,7 +1,7 @@
 """Checking a finished NWB file: pynwb's schema validation plus nwbinspector, in a child process.
 
 ``check_nwb(path)`` runs both in-process and returns a :class:`CheckSummary`; the daemon uses
-:class:`CheckRun`, which runs ``python -m rig2nwb.nwb.check PATH`` in a child process at lower
+:class:`CheckRun`, which runs ``python -m rig2nwb.commands.checkchild PATH`` in a child process at lower
 priority, so a long inspection never blocks the writer thread and a crash inside HDF5, pynwb or
 nwbinspector cannot take the daemon down. ``poll()`` never raises for child failures: a dead
 child, garbage on stdout or a timeout all become a summary with ``failed`` set.
@@ -40,135 +40,28 @@ Facts and decisions (measured with pynwb 4.2.0, hdmf 6.2.0, nwbinspector 0.7.2):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-IMPORTANCES = ("CRITICAL", "BEST_PRACTICE_VIOLATION", "BEST_PRACTICE_SUGGESTION", "ERROR")
-MAX_MESSAGES = 50
-MAX_MESSAGE_CHARS = 400
+from rig2nwb.core.humanize import clip
+from rig2nwb.nwb.checksummary import (
+    _ORDER,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    CheckSummary,
+    _zero_counts,
+)
+
 DEFAULT_TIMEOUT_S = 1800.0
 NICE_INCREMENT = 10
 EXIT_COULD_NOT_RUN = 2
-NOT_CHECKED = "not checked (output.check_files = false)"
-
-# Most important first: the first two decide ``ok``.
-_ORDER = {"VALIDATION": 0, "CRITICAL": 1, "ERROR": 2, "BEST_PRACTICE_VIOLATION": 3,
-          "BEST_PRACTICE_SUGGESTION": 4}
-
-
-def _zero_counts() -> dict[str, int]:
-    return dict.fromkeys(IMPORTANCES, 0)
-
-
-@dataclass(frozen=True)
-class CheckSummary:
-    """What the ledger stores about one finished file's checks (and its summary picture).
-
-    ``checked`` is False when the child only drew the picture (``output.check_files = false``):
-    then nothing was validated, ``short()`` says "not checked" and ``ok`` is True (no check
-    failed; it is not a verdict on the file). ``picture`` is the PNG written, ``picture_error``
-    why none was (a picture never fails the check)."""
-
-    validation_errors: int = 0
-    counts: dict[str, int] = field(default_factory=_zero_counts)
-    messages: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    failed: str | None = None
-    checked: bool = True
-    picture: str | None = None
-    picture_error: str | None = None
-    # Datasets whose filters need a plugin in the reader ("/path: blosc"); [] = the file opens
-    # in every reader; None = not looked at (a summary from before this was checked).
-    plugin_datasets: list[str] | None = None
-
-    @classmethod
-    def failure(cls, reason: str, *, seconds: float = 0.0) -> CheckSummary:
-        return cls(failed=reason, seconds=round(seconds, 3))
-
-    @classmethod
-    def not_checked(cls, *, seconds: float = 0.0, picture_error: str | None = None) -> CheckSummary:
-        return cls(checked=False, seconds=round(seconds, 3), picture_error=picture_error)
-
-    @property
-    def ok(self) -> bool:
-        """No check failed (also True when nothing was checked: see ``checked``)."""
-        return self.failed is None and self.validation_errors == 0 and self.counts.get("CRITICAL", 0) == 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CheckSummary:
-        """Parse ``to_json`` output; raises ValueError on anything else."""
-        try:
-            raw = json.loads(text)
-            if not isinstance(raw, dict):
-                raise TypeError("not a JSON object")
-            counts_raw = raw["counts"]
-            if not isinstance(counts_raw, dict):
-                raise TypeError("counts is not an object")
-            counts = _zero_counts()
-            counts.update({str(k): int(v) for k, v in counts_raw.items()})
-            messages = raw.get("messages", [])
-            if not isinstance(messages, list):
-                raise TypeError("messages is not a list")
-            failed = raw.get("failed")
-            picture, picture_error = raw.get("picture"), raw.get("picture_error")
-            plugins = raw.get("plugin_datasets")
-            if plugins is not None and not isinstance(plugins, list):
-                raise TypeError("plugin_datasets is not a list")
-            return cls(
-                validation_errors=int(raw["validation_errors"]),
-                counts=counts,
-                messages=[str(m) for m in messages],
-                seconds=float(raw.get("seconds", 0.0)),
-                failed=None if failed is None else str(failed),
-                checked=bool(raw.get("checked", True)),  # summaries stored before pictures existed
-                picture=None if picture is None else str(picture),
-                picture_error=None if picture_error is None else str(picture_error),
-                plugin_datasets=None if plugins is None else [str(p) for p in plugins],
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a check summary: {e}") from e
-
-    def short(self) -> str:
-        """One human line, e.g. ``valid; nwbinspector: 0 critical, 2 violations, 5 suggestions``."""
-        if not self.checked:
-            return NOT_CHECKED
-        if self.failed is not None:
-            n = self.validation_errors
-            extra = f" ({_plural(n, 'validation error')})" if n else ""
-            return f"check failed: {self.failed}{extra}"
-        head = "valid" if self.validation_errors == 0 else _plural(self.validation_errors, "validation error")
-        c = self.counts
-        line = (f"{head}; nwbinspector: {c.get('CRITICAL', 0)} critical, "
-                f"{_plural(c.get('BEST_PRACTICE_VIOLATION', 0), 'violation')}, "
-                f"{_plural(c.get('BEST_PRACTICE_SUGGESTION', 0), 'suggestion')}")
-        if c.get("ERROR", 0):
-            line += f", {_plural(c['ERROR'], 'check error')}"
-        if self.plugin_datasets:
-            line += f"; needs filter plugins ({_plural(len(self.plugin_datasets), 'dataset')})"
-        return line
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def _last_line(text: str) -> str:
@@ -188,7 +81,7 @@ def _short_read_error(detail: str) -> str:
     return f"{kind.rsplit('.', 1)[-1]}: {tail}"
 
 
-def _exc(e: BaseException) -> str:
+def exception_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
@@ -206,7 +99,7 @@ def _cannot_open(path: Path) -> str | None:
         with h5py.File(path, "r"):
             pass
     except Exception as e:
-        return f"cannot open {path} with h5py: {_exc(e)}"
+        return f"cannot open {path} with h5py: {exception_text(e)}"
     return None
 
 
@@ -231,17 +124,19 @@ def check_nwb(path: Path) -> CheckSummary:
             from nwbinspector import Importance, inspect_nwbfile, load_config
             from pynwb.validation import validate
         except Exception as e:
-            return CheckSummary.failure(f"cannot import pynwb/nwbinspector: {_exc(e)}", seconds=elapsed())
+            return CheckSummary.failure(f"cannot import pynwb/nwbinspector: {exception_text(e)}",
+                                        seconds=elapsed())
 
         ranked: list[tuple[int, int, str]] = []  # (order, arrival, text): a stable sort
 
         def add(kind: str, text: str) -> None:
-            ranked.append((_ORDER[kind], len(ranked), _clip(text)))
+            ranked.append((_ORDER[kind], len(ranked), clip(text, MAX_MESSAGE_CHARS)))
 
         try:
             result: Any = validate(path=str(path))
         except Exception as e:
-            return CheckSummary.failure(f"pynwb validation could not run: {_exc(e)}", seconds=elapsed())
+            return CheckSummary.failure(f"pynwb validation could not run: {exception_text(e)}",
+                                        seconds=elapsed())
         errors = list(result[0] if isinstance(result, tuple) else result)
         for err in errors:
             add("VALIDATION", f"VALIDATION: {err}")
@@ -260,7 +155,7 @@ def check_nwb(path: Path) -> CheckSummary:
                     detail = _last_line(str(msg.message))
                     if name.startswith("During io.read()"):
                         detail = _short_read_error(detail)
-                        failed = _clip(f"pynwb could not read the file: {detail}")
+                        failed = clip(f"pynwb could not read the file: {detail}", MAX_MESSAGE_CHARS)
                         add("ERROR", f"ERROR io.read: {path.name}: {detail}")
                     else:
                         add("ERROR", f"ERROR {name}: {detail}")
@@ -271,8 +166,8 @@ def check_nwb(path: Path) -> CheckSummary:
                 where = msg.location or f"{msg.object_type} '{msg.object_name}'"
                 add(importance.name, f"{importance.name} {name}: {where}: {msg.message}")
         except Exception as e:
-            failed = f"nwbinspector could not run: {_exc(e)}"
-            add("ERROR", f"ERROR nwbinspector: {_exc(e)}")
+            failed = f"nwbinspector could not run: {exception_text(e)}"
+            add("ERROR", f"ERROR nwbinspector: {exception_text(e)}")
 
     ranked.sort()
     messages = [text for _, _, text in ranked]
@@ -300,14 +195,16 @@ class CheckRun:
 
     @classmethod
     def start(cls, path: Path, *, picture: Path | None = None, check: bool = True,
-              timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckRun:
-        """Spawn ``python -m rig2nwb.nwb.check PATH``; with ``picture``, the child also writes
+              timeout_s: float = DEFAULT_TIMEOUT_S, rig: str = "") -> CheckRun:
+        """Spawn ``python -m rig2nwb.commands.checkchild PATH``; with ``picture``, the child also writes
         the summary PNG there; ``check=False`` skips the checks (picture only). Raises OSError
         only if it cannot spawn."""
         path = Path(path)
-        argv = [sys.executable, "-m", "rig2nwb.nwb.check", "--nice", str(NICE_INCREMENT)]
+        argv = [sys.executable, "-m", "rig2nwb.commands.checkchild", "--nice", str(NICE_INCREMENT)]
         if picture is not None:
             argv += ["--picture", str(picture)]
+            if rig:
+                argv += ["--rig", rig]  # the picture names its rig (a lab has several)
         if not check:
             argv.append("--no-check")
         argv.append(str(path))
@@ -349,7 +246,7 @@ class CheckRun:
             return self._finish(self._collect(rc))
         except Exception as e:  # pragma: no cover - defensive: poll must never raise
             self._kill()
-            return self._finish(self._failure(f"check runner error: {_exc(e)}"))
+            return self._finish(self._failure(f"check runner error: {exception_text(e)}"))
 
     def wait(self, interval_s: float = 0.1) -> CheckSummary:
         """Block until ``poll`` returns a summary (for tools and tests; the daemon polls)."""
@@ -401,15 +298,15 @@ class CheckRun:
         elif rc != 0:
             why = f"check process exited with code {rc}"
         else:
-            why = f"check process printed no summary ({_clip(parse_error)})"
+            why = f"check process printed no summary ({clip(parse_error, MAX_MESSAGE_CHARS)})"
         self._err.seek(0)
         tail = _last_line(self._err.read()[-4000:].decode("utf-8", "replace"))
         if tail:
-            why += f"; stderr: {_clip(tail)}"
+            why += f"; stderr: {clip(tail, MAX_MESSAGE_CHARS)}"
         return self._failure(why)
 
 
-def _plugins(path: Path) -> list[str] | None:
+def plugin_list(path: Path) -> list[str] | None:
     """The file's datasets that need a filter plugin (None when the file cannot be read)."""
     try:
         import h5py
@@ -420,54 +317,3 @@ def _plugins(path: Path) -> list[str] | None:
             return plugin_datasets(f)
     except Exception:  # reported by the checks themselves
         return None
-
-
-def draw_picture(nwb: Path, png: Path) -> str | None:
-    """Write the summary picture of ``nwb`` to ``png`` (and its thumbnail beside it, see
-    status_files.thumbnail_of); None when done, else why not (one line). Run after the checks,
-    in the same child: the engine does not write the file meanwhile."""
-    try:
-        from rig2nwb.config.paths import thumbnail_of, write_atomic
-        from rig2nwb.outputs.summary import render_both
-
-        picture, thumb = render_both(nwb)
-        write_atomic(png, picture)
-        if thumb is not None:
-            write_atomic(thumbnail_of(png), thumb)
-    except Exception as e:  # whatever the file holds, the picture never fails the check
-        traceback.print_exc()
-        return _clip(f"{png.name}: {_exc(e)}")
-    return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rig2nwb.nwb.check",
-                                     description="Validate and inspect one NWB file; print a JSON summary.")
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--nice", type=int, default=0, help="lower this process's priority (POSIX)")
-    parser.add_argument("--picture", type=Path, default=None, metavar="PNG",
-                        help="also write the summary picture of the file here (after the checks)")
-    parser.add_argument("--no-check", action="store_true", help="skip the checks (picture only)")
-    args = parser.parse_args(argv)
-    if args.nice and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
-            os.nice(args.nice)
-    t0 = time.monotonic()
-    try:
-        summary = CheckSummary.not_checked() if args.no_check else check_nwb(args.path)
-    except Exception as e:  # check_nwb should not raise; if it does, still print a summary
-        summary = CheckSummary.failure(f"check crashed: {_exc(e)}")
-        traceback.print_exc()
-    summary = replace(summary, plugin_datasets=_plugins(args.path))
-    if args.picture is not None:
-        error = draw_picture(args.path, args.picture)
-        summary = replace(summary, picture=None if error else str(args.picture), picture_error=error)
-    if not summary.checked:
-        summary = replace(summary, seconds=round(time.monotonic() - t0, 3))
-    sys.stdout.write(summary.to_json() + "\n")
-    sys.stdout.flush()
-    return EXIT_COULD_NOT_RUN if summary.failed is not None else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

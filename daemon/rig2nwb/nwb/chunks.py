@@ -14,7 +14,7 @@ deflate step itself and hands HDF5 finished chunks:
   thread writes finished ones in order;
 - the byte shuffle (HDF5's built-in filter 2: all first bytes of the chunk's elements, then
   all second bytes, ...) is a numpy transpose done in the same thread before deflating; it
-  makes int16 frames compress better and faster (measured, see the README);
+  makes int16 frames compress better and faster (measured, see docs/conversion.md, "Compression");
 - only a dataset whose filter pipeline is exactly deflate, or shuffle then deflate, is written
   this way; any other pipeline (none, blosc, lzf, checksums...) returns ``None`` from
   :func:`for_dataset` and the caller writes through h5py as before.

@@ -1,4 +1,5 @@
-"""``rig2nwb repack NWB_OR_SESSION``: rewrite a finished file with filters every reader has.
+"""Repacking: rewrite a finished file with filters every reader has (``rig2nwb repack``, see
+commands.repack).
 
 A way out for files written with an opt-in plugin filter (blosc, lzf): pynwb without hdf5plugin,
 MATLAB and h5dump cannot read them, and h5wasm (the web viewers) returns garbage. The file is
@@ -29,9 +30,10 @@ import h5py
 import numpy as np
 
 from rig2nwb.errors import RepackError
+from rig2nwb.fsutil import fsync_path
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.nwb.filters import BUILT_IN, filter_names, plugin_datasets
-from rig2nwb.service.sdnotify import heartbeat
+from rig2nwb.progress import beat as heartbeat
 
 BLOCK_BYTES = 64 * 2**20  # data copied and compared this much at a time (memory stays flat)
 LEVEL = 1
@@ -76,7 +78,7 @@ def repack_file(path: Path, *, threads: int = 1,
             tmp.unlink(missing_ok=True)
             raise
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return RepackResult(True, rewritten, f"{path.name}: {rewritten} dataset(s) rewritten with "
                         "shuffle + deflate; every dataset compared equal; it now opens without "
                         "filter plugins")
@@ -316,94 +318,6 @@ def _equal(a: h5py.File, b: h5py.File, x: Any, y: Any, dtype: np.dtype[Any]) -> 
     return bool(x == y)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # Windows: directories cannot be opened; the rename is durable enough there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- the command -------------------------------------------------------------------------------
 
 
-def repack_command(cfg: Any, target: str) -> tuple[bool, str]:
-    """``rig2nwb repack NWB_OR_SESSION``: (ok, one line). ``target`` is an NWB file, or a
-    session as SUBJECT/SESSION (or SESSION when unique)."""
-    from rig2nwb.commands.retry import find_by_name
-    from rig2nwb.errors import AlreadyRunning
-    from rig2nwb.service.loop import ledger_path, lock_state, open_verified
-
-    path = Path(target)
-    ledger_file = ledger_path(cfg)
-    try:
-        lock = lock_state(cfg)
-    except AlreadyRunning:
-        lock = None
-    try:
-        ledger = open_verified(ledger_file) if ledger_file.exists() else None
-        try:
-            sess = None
-            if ledger is not None:
-                if path.suffix == ".nwb" and path.exists():
-                    full = os.path.realpath(path)
-                    sess = next((s for s in ledger.sessions()
-                                 if os.path.realpath(s.nwb_path) == full), None)
-                else:
-                    try:
-                        sess = find_by_name(ledger, target)
-                    except ValueError as exc:
-                        return False, str(exc)
-                    path = Path(sess.nwb_path)
-            if not path.is_file():
-                return False, f"{path}: no such NWB file"
-            if sess is not None:
-                name = f"{sess.subject}/{sess.session}"
-                if lock is None:
-                    return False, (f"{path.name} belongs to session {name}, and the running "
-                                   "daemon owns it (it may write it again); stop the daemon, "
-                                   "repack, start it again")
-                if sess.state != "finished" or sess.quarantined:
-                    return False, (f"session {name} is {'quarantined' if sess.quarantined else sess.state}"
-                                   "; only finished files are repacked")
-            from rig2nwb.nwb.chunks import resolve_threads
-
-            result = repack_file(path, threads=resolve_threads(cfg.append.compress_threads))
-            if sess is not None and ledger is not None:
-                _recheck(cfg, ledger, sess.id, result)
-            return True, result.message
-        finally:
-            if ledger is not None:
-                ledger.close()
-    except (RepackError, OSError) as exc:
-        return False, f"{path.name}: not repacked: {exc}"
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _recheck(cfg: Any, ledger: Any, session_id: int, result: RepackResult) -> None:
-    """After a repack, the file's check (which says whether it opens without plugins) and its
-    summary picture are made again, as after any change of the file."""
-    import time
-
-    from rig2nwb.engine.engine import Engine
-    from rig2nwb.nwb.check import CheckSummary
-
-    sess = ledger.session_by_id(session_id)
-    stale = sess.validation and CheckSummary.from_json(sess.validation).plugin_datasets != []
-    if not result.changed and not stale:
-        return
-    if result.changed:
-        ledger.add_event(session_id, "repack", result.message)
-    ledger.update_session(session_id, validation=None)
-    engine = Engine(cfg, ledger)
-    while engine.checks_pending():
-        engine.run_checks()
-        time.sleep(0.1)
-    engine.close()

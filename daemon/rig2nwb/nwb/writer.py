@@ -30,6 +30,7 @@ import numpy as np
 from rig2nwb.config.schema import Config, TrialsConfig
 from rig2nwb.core.pagelayout import PageLayout, SeriesSpec
 from rig2nwb.errors import NwbDamaged, NwbExists
+from rig2nwb.fsutil import fsync_path
 from rig2nwb.nwb import chunks as chunkwriter
 from rig2nwb.rig.labfiles import TrialTable
 from rig2nwb.rig.scanimage import ScanImageInfo
@@ -59,7 +60,7 @@ def existing_identifier(path: Path) -> str | None:
         return ""
 
 
-DEFAULT_GZIP_LEVEL = 1  # with shuffle: the best ratio and the fastest (README, "Compression")
+DEFAULT_GZIP_LEVEL = 1  # with shuffle: the best ratio and the fastest (docs/conversion.md, "Compression")
 STANDARD: dict[str, Any] = {"compression": "gzip", "compression_opts": DEFAULT_GZIP_LEVEL,
                             "shuffle": True}
 TIME_CHUNK = 8192  # timestamps per chunk (64 KB)
@@ -171,12 +172,12 @@ def create_nwb(cfg: Config, spec: NewFile, *, replace_own: bool = False) -> None
         partial.unlink()
     with NWBHDF5IO(str(partial), "w") as io:
         io.write(nwb)
-    _fsync_path(partial)
+    fsync_path(partial)
     if replace_own:
         os.replace(partial, spec.path)
     else:
         _publish_new(partial, spec.path)
-    _fsync_path(spec.path.parent)
+    fsync_path(spec.path.parent)
 
 
 def _publish_new(partial: Path, path: Path) -> None:
@@ -447,12 +448,6 @@ class SessionAppender:
             return True
         return False
 
-    def drop_suite2p(self) -> bool:
-        """Remove attached (and staged) suite2p results."""
-        from rig2nwb.suite2p.nwbobjects import drop_results
-
-        return drop_results(self._f)
-
     def flush(self) -> None:
         self._f.flush()
 
@@ -496,18 +491,3 @@ def is_lock_error(exc: OSError) -> bool:
     return "unable to lock" in text or "resource temporarily unavailable" in text or (
         exc.errno == 11
     )
-
-
-def _fsync_path(path: Path) -> None:
-    # Directories cannot be opened for fsync on Windows; the rename is durable enough there.
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except (PermissionError, IsADirectoryError):
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -38,25 +38,25 @@ from rig2nwb.config.paths import (
     status_json,
     summary_png,
     thumbnail_of,
-    write_atomic,
 )
 from rig2nwb.config.schema import Config
-from rig2nwb.core.patterns import printable
-from rig2nwb.engine.engine import Engine
+from rig2nwb.core.humanize import clip, duration, human_size
+from rig2nwb.core.names import printable
+from rig2nwb.engine.view import LoopView
+from rig2nwb.fsutil import write_atomic
 from rig2nwb.logs import get_logger
 from rig2nwb.outputs.status import (
     check_cell,
     counts_line,
-    duration,
     files_cell,
     frames_cell,
-    human_size,
     local_time,
     own_problems,
     rate_cell,
     snapshot,
     sort_rows,
 )
+from rig2nwb.states import ACTIVE_JOB_STATES, Suite2pState
 
 HEARTBEAT_SECONDS = 60.0
 MIN_REFRESH_SECONDS = 5  # how often an open page reloads itself, at the fastest
@@ -170,13 +170,13 @@ def refresh_seconds(cfg: Config) -> int:
 
 # --- HTML -------------------------------------------------------------------------------------
 
-def _e(value: object) -> str:
-    # Control characters from rig file names are no valid HTML text: shown as escapes.
+def escape(value: object) -> str:
+    """Text for HTML: escaped, and control characters from rig file names (no valid HTML
+    text) shown as escapes."""
     return html.escape(printable(str(value)), quote=True)
 
 
-def _clip(text: str, n: int = MAX_MESSAGE_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+_e = escape
 
 
 def _when(iso: str | None, cfg: Config) -> str:
@@ -200,7 +200,7 @@ def render_html(cfg: Config, data: dict[str, Any],
         f'<meta http-equiv="refresh" content="{refresh}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(data['rig'])}: rig2nwb status</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{PAGE_CSS}</style>",
         "</head>",
         "<body>",
         "<header>",
@@ -220,7 +220,7 @@ def render_html(cfg: Config, data: dict[str, Any],
     for kind, label, items_ in (("err", "Rig-wide problem", rig_errors),
                                 ("warn", "Rig-wide warning", rig_warnings)):
         if items_:
-            items = "".join(f"<li>{_e(_clip(p))}</li>" for p in items_)
+            items = "".join(f"<li>{_e(clip(p, MAX_MESSAGE_CHARS))}</li>" for p in items_)
             out.append(f'<div class="banner {kind}"><b>{label}{"s" if len(items_) > 1 else ""}'
                        f"</b><ul>{items}</ul></div>")
     if not rows:
@@ -280,8 +280,9 @@ def _row(cfg: Config, r: dict[str, Any], pics: tuple[Picture | None, Picture | N
     return (f'<tr class="{cls}"><td class="pic">{picture}</td><td>{session}</td><td>{stage}</td>'
             f'<td class="num">{_e(frames_cell(r))}</td><td class="num">{_e(files_cell(r))}</td>'
             f'<td class="num">{_e(human_size(r["nwb_bytes"]))}</td>'
-            f'<td class="num">{_e(rate_cell(r))}</td><td>{_suite2p_html(r["suite2p"])}</td>'
-            f"<td>{_check_html(r)}</td><td class=\"when\">{_e(_when(r['last_update'], cfg))}</td>"
+            f'<td class="num">{_e(rate_cell(r))}</td>'
+            f'<td>{suite2p_html(r["suite2p"], r.get("processing"))}</td>'
+            f"<td>{check_html(r)}</td><td class=\"when\">{_e(_when(r['last_update'], cfg))}</td>"
             f"<td>{_messages_html(errors, warnings)}</td></tr>")
 
 
@@ -304,22 +305,28 @@ def _facts_html(cfg: Config, r: dict[str, Any], now: float) -> str:
             facts.append(f"last frame {duration(ago)} ago")
     out = f'<div class="small">{_e(" · ".join(facts))}</div>' if facts else ""
     if r["state"] == "finished" and r.get("timestamps"):
-        out += f'<div class="small">timestamps: {_e(_clip(r["timestamps"], 160))}</div>'
+        out += f'<div class="small">timestamps: {_e(clip(r["timestamps"], 160))}</div>'
     return out
 
 
-def _suite2p_html(s: dict[str, Any] | None) -> str:
+def suite2p_html(s: dict[str, Any] | None, job: dict[str, Any] | None = None) -> str:
+    if job is not None and (s is None or s["state"] != Suite2pState.ATTACHED
+                            or job["state"] in ACTIVE_JOB_STATES):
+        css = "bad" if job["state"] in ("failed", "lost") else "muted"
+        where = f'{job["executor"]} {job["job_id"] or ""}'.strip()
+        detail = f'<div class="small">{_e(clip(job["detail"], 160))}</div>' if job["detail"] else ""
+        return f'<span class="{css}">job {_e(job["state"])}</span> ({_e(where)}){detail}'
     if s is None:
         return '<span class="muted">-</span>'
-    if s["state"] == "attached":
+    if s["state"] == Suite2pState.ATTACHED:
         return (f'<span class="good nowrap">{_e(s["cells"])}/{_e(s["rois"])} cells</span>'
                 f'<div class="small">{_e(s["planes"])} plane(s)</div>')
     css = "bad" if s["state"] == "problem" else "muted"
-    detail = f'<div class="small">{_e(_clip(s["detail"], 160))}</div>' if s["detail"] else ""
+    detail = f'<div class="small">{_e(clip(s["detail"], 160))}</div>' if s["detail"] else ""
     return f'<span class="{css}">{_e(s["state"])}</span>{detail}'
 
 
-def _check_html(r: dict[str, Any]) -> str:
+def check_html(r: dict[str, Any]) -> str:
     text = check_cell(r)
     if r["validation"] is None:
         return '<span class="muted">-</span>'
@@ -335,7 +342,7 @@ def _check_html(r: dict[str, Any]) -> str:
         return (f'<span class="{css}" title="{_e(r["validation"])}">{_e(head)}</span>'
                 f'<div class="small">{_e(counts)}</div>{plugins}')
     # What each violation says, one click away (no JavaScript: a details element).
-    items = "".join(f"<li>{_e(_clip(m, 300))}</li>" for m in messages)
+    items = "".join(f"<li>{_e(clip(m, 300))}</li>" for m in messages)
     return (f'<details><summary><span class="{css}">{_e(head)}</span> '
             f'<span class="small">{_e(counts)}</span></summary><ul class="checks">{items}</ul>'
             f"</details>{plugins}")
@@ -345,14 +352,14 @@ def _messages_html(errors: list[str], warnings: list[str]) -> str:
     items = [("err", "error", m) for m in errors] + [("warn", "warning", m) for m in warnings]
     if not items:
         return '<span class="muted">none</span>'
-    shown = "".join(f'<li class="{css}"><b>{label}</b> {_e(_clip(m))}</li>'
+    shown = "".join(f'<li class="{css}"><b>{label}</b> {_e(clip(m, MAX_MESSAGE_CHARS))}</li>'
                     for css, label, m in items[:MAX_MESSAGES])
     more = (f'<li class="more">and {len(items) - MAX_MESSAGES} more</li>'
             if len(items) > MAX_MESSAGES else "")
     return f'<ul class="msgs">{shown}{more}</ul>'
 
 
-_CSS = """
+PAGE_CSS = """
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,
 sans-serif;color:#1f2328;background:#f6f8fa}
@@ -430,34 +437,34 @@ class StatusPageHook:
         self.last: PageWrite | None = None
         self.log = get_logger("rig2nwb.outputs.page", stage="status-page")
 
-    def started(self, engine: Engine) -> None:
-        self._write(engine, running=True)
+    def started(self, view: LoopView) -> None:
+        self._write(view, running=True)
 
-    def tick(self, engine: Engine) -> None:
+    def tick(self, view: LoopView) -> None:
         now = self._clock()
         if now - self._last_try < self.interval:
             return
-        token = self._token(engine)
+        token = self._token(view)
         if token == self._written and now - self._last_write < HEARTBEAT_SECONDS:
             return
-        self._write(engine, running=True, token=token)
+        self._write(view, running=True, token=token)
 
-    def stopping(self, engine: Engine) -> None:
-        self._write(engine, running=False)
+    def stopping(self, view: LoopView) -> None:
+        self._write(view, running=False)
 
-    def _token(self, engine: Engine) -> tuple[object, ...]:
+    def _token(self, view: LoopView) -> tuple[object, ...]:
         try:
             pictures = os.stat(picture_folder(self.cfg)).st_mtime_ns
         except OSError:
             pictures = 0
-        return (engine.ledger.change_token(), pictures)
+        return (view.ledger.change_token(), pictures)
 
-    def _write(self, engine: Engine, *, running: bool, token: tuple[object, ...] | None = None) -> None:
+    def _write(self, view: LoopView, *, running: bool, token: tuple[object, ...] | None = None) -> None:
         now = self._clock()
         self._last_try = now
         # Taken before the read: a change made while the page is built moves the token again,
         # so the next tick writes a page that includes it.
-        token = self._token(engine) if token is None else token
+        token = self._token(view) if token is None else token
         try:
             done = write_page(self.cfg, running=running)
         except Exception as exc:  # the page must never disturb conversion; one error a streak

@@ -1,7 +1,7 @@
 """The live preview: a small PNG of the latest frames of every session still acquiring.
 
 ``PreviewHook`` (a ServiceHook) runs on the worker thread between appends. For each session
-whose NWB file is open for appending (``engine.writers``) and whose committed page count changed
+whose NWB file is open for appending (``view.writers``) and whose committed page count changed
 since its last preview, at most every ``status.preview_interval_seconds``, it reads the latest
 ``status.preview_frames`` committed frames of the session's first series (plane 0, first
 channel: the functional one in the usual layouts) straight from the open h5py dataset, averages
@@ -15,7 +15,7 @@ counts as committed are read (the dataset may hold more after a crash, or zeros 
 allocated but not written). Measured cost: see docs/pictures.md.
 
 When the session finishes, the last preview stays until the summary picture is written; then the
-engine removes it (``Engine._record_check``), so the output folder holds one picture per session:
+engine removes it (``CheckQueue._record``), so the output folder holds one picture per session:
 the preview while acquiring, the summary once finished. With ``status.summary_picture = false``
 the last preview stays.
 """
@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rig2nwb.config.paths import preview_png, write_atomic
+from rig2nwb.config.paths import preview_png
 from rig2nwb.config.schema import Config
+from rig2nwb.fsutil import write_atomic
 from rig2nwb.logs import get_logger
 
 if TYPE_CHECKING:
-    from rig2nwb.engine.engine import Engine
+    from rig2nwb.engine.view import LoopView
     from rig2nwb.nwb.writer import SessionAppender
 
 MAX_SIDE = 256
@@ -123,24 +124,24 @@ class PreviewHook:
         self.done: dict[int, tuple[int, float]] = {}  # session id -> (pages shown, monotonic time)
         self.failing: dict[int, str] = {}  # session id -> last error logged (one line per error)
 
-    def started(self, engine: Engine) -> None:
+    def started(self, view: LoopView) -> None:
         pass
 
-    def stopping(self, engine: Engine) -> None:
+    def stopping(self, view: LoopView) -> None:
         pass
 
-    def tick(self, engine: Engine) -> None:
+    def tick(self, view: LoopView) -> None:
         now = time.monotonic()
-        for sid, writer in list(engine.writers.items()):
-            pages = engine.ledger.frames_committed(sid)
+        for sid, appender in view.open_appenders():
+            pages = view.ledger.frames_committed(sid)
             last = self.done.get(sid)
             if pages <= 0 or (last is not None and (last[0] == pages or now - last[1] < self.interval)):
                 continue
             self.done[sid] = (pages, now)  # also after a failure: retried with later frames
-            self._write(engine, sid, writer.appender, pages)
+            self._write(view, sid, appender, pages)
 
-    def _write(self, engine: Engine, sid: int, appender: SessionAppender, pages: int) -> None:
-        sess = engine.ledger.session_by_id(sid)
+    def _write(self, view: LoopView, sid: int, appender: SessionAppender, pages: int) -> None:
+        sess = view.ledger.session_by_id(sid)
         path = preview_png(self.cfg, sess.subject, sess.session)
         t0 = time.perf_counter()
         try:

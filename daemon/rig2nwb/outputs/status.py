@@ -7,12 +7,16 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from rig2nwb.config.paths import ledger_path
 from rig2nwb.config.schema import Config
+from rig2nwb.core.humanize import clip, duration, human_size
+from rig2nwb.core.names import printable
 from rig2nwb.core.pagelayout import PageLayout
-from rig2nwb.core.patterns import printable
-from rig2nwb.ledger.store import FileRow, Ledger, ProblemRow, SessionRow, Suite2pRow
-from rig2nwb.nwb.check import NOT_CHECKED, CheckSummary
-from rig2nwb.service.loop import ledger_path
+from rig2nwb.ledger.rows import FileRow, JobRow, ProblemRow, SessionRow, Suite2pRow
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.nwb.checksummary import NOT_CHECKED, CheckSummary
+from rig2nwb.processing.jobfolder import log_tail
+from rig2nwb.states import ACTIVE_JOB_STATES, SessionState, Suite2pState
 
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
@@ -39,13 +43,15 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
         global_problems = [p.message for p in rig_wide if p.severity != "warning"]
         global_warnings = [f"warning: {p.message}" for p in rig_wide if p.severity == "warning"]
         suite2p = ledger.suite2p_rows()
+        jobs = ledger.latest_jobs()
         counts = ledger.file_facts()
         committed = ledger.all_frames_committed()
         out = []
         for s in ledger.sessions():
             try:
                 out.append(_session_status(s, counts, committed, active_by_session, suite2p,
-                                           global_problems, checked=_checks_run(cfg)))
+                                           global_problems, checked=_checks_run(cfg),
+                                           job=jobs.get(s.id)))
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 # One unreadable row (hand-edited, or from another version) must not hide the
                 # others: it is shown with what is wrong.
@@ -58,7 +64,7 @@ def snapshot(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
 def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, float | None]],
                     committed: dict[int, int], active_by_session: dict[int | None, list[ProblemRow]],
                     suite2p: dict[int, Suite2pRow], global_problems: list[str], *,
-                    checked: bool = True) -> dict[str, Any]:
+                    checked: bool = True, job: JobRow | None = None) -> dict[str, Any]:
     n_files, n_committed, n_failed, source_bytes, last_frame = counts.get(s.id, (0, 0, 0, 0, None))
     nwb = Path(s.nwb_path)
     active = active_by_session.get(s.id, [])
@@ -86,7 +92,7 @@ def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, f
         "problems": problems + global_problems,
         "warnings": [p.message for p in active if p.severity == "warning"],
         "validation": check.short() if check else (
-            ("pending" if checked else NOT_CHECKED) if s.state == "finished" else None),
+            ("pending" if checked else NOT_CHECKED) if s.state == SessionState.FINISHED else None),
         # None: pending, or not checked (output.check_files = false; see "validation").
         "validation_ok": check.ok if check and check.checked else None,
         "validation_counts": (
@@ -105,6 +111,8 @@ def _session_status(s: SessionRow, counts: dict[int, tuple[int, int, int, int, f
         "trials": s.trials,
         "duration_s": s.duration_s,
         "validation_messages": check.messages[:MAX_CHECK_MESSAGES] if check else [],
+        # The latest suite2p job rig2nwb started (suite2p.run); null when none.
+        "processing": _job(job),
     }
 
 
@@ -192,6 +200,7 @@ def history(cfg: Config, session: str) -> dict[str, Any] | None:
 
 def _history(ledger: Ledger, s: SessionRow, files: list[FileRow],
              events: list[tuple[float, str, str]], s2p: Suite2pRow | None) -> dict[str, Any]:
+    jobs = ledger.jobs(s.id)
     return {
         "subject": s.subject, "session": s.session,
         "state": "quarantined" if s.quarantined else s.state,
@@ -217,6 +226,9 @@ def _history(ledger: Ledger, s: SessionRow, files: list[FileRow],
                    for at, st, m in events],
         "rate_hz": PageLayout.from_json(s.layout).series_rate if s.layout else None,
         "timings": _timings(s, files, events, s2p),
+        "processing": _job(jobs[-1]) if jobs else None,
+        "jobs": [_job(j) for j in jobs],
+        "job_log_tail": log_tail(Path(jobs[-1].log), JOB_LOG_LINES) if jobs else [],
     }
 
 
@@ -230,7 +242,7 @@ def _timings(s: SessionRow, files: list[FileRow], events: list[tuple[float, str,
     committed = [f.updated_at for f in files if f.frames_committed > 0]
     check = CheckSummary.from_json(s.validation) if s.validation else None
     s2p_seconds = None
-    if s2p is not None and s2p.summary and s2p.state == "attached":
+    if s2p is not None and s2p.summary and s2p.state == Suite2pState.ATTACHED:
         s2p_seconds = json.loads(s2p.summary).get("seconds")
     return {
         "first_file_seen": _iso(min((f.first_seen for f in files), default=None)),
@@ -268,18 +280,6 @@ def timing_lines(record: dict[str, Any], tz: tzinfo | None = None) -> list[str]:
             when = f" (done {local_time(t[done], tz)})" if t.get(done) else ""
             lines.append(f"  {label:<21} {t[seconds]:.3g} s{when}")
     return lines
-
-
-def duration(seconds: float) -> str:
-    """``0.4 s``, ``42 s``, ``12 min 3 s``, ``3 h 5 min``: a human interval."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 ACTIVE_STATES = ("quarantined", "acquiring", "paused", "waiting")
@@ -367,7 +367,8 @@ def render_table(rows: list[dict[str, Any]], rig_wide: list[str] | None = None,
             last = f"[{len(shown)}] {last}"
         body.append([r["subject"], r["session"], r["state"], frames_cell(r), files_cell(r),
                      human_size(r["nwb_bytes"]), rate_cell(r), local_time(r["last_update"], tz),
-                     _suite2p_cell(r["suite2p"]), check_cell(r), _clip(last, 90)])
+                     suite2p_cell(r["suite2p"], r.get("processing")), check_cell(r),
+                     clip(last, 90)])
     # Names and messages come from the rig folder: nothing unprintable reaches the terminal
     # (each line of the footer on its own: the newlines between them are the table's).
     body = [[printable(str(c)) for c in row] for row in body]
@@ -397,15 +398,11 @@ def zone_line(tz: tzinfo | None, name: str) -> str:
     return f"times in {name} (session.timezone), as in the log" if tz else "times in UTC"
 
 
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
 def _suite2p(row: Suite2pRow | None) -> dict[str, Any] | None:
     """The session's suite2p stage: None when no suite2p output has been seen."""
     if row is None:
         return None
-    summary = json.loads(row.summary) if row.summary and row.state == "attached" else None
+    summary = json.loads(row.summary) if row.summary and row.state == Suite2pState.ATTACHED else None
     return {"state": row.state, "detail": row.detail, "folder": row.folder,
             "rois": summary["rois"] if summary else None,
             "cells": summary["cells"] if summary else None,
@@ -413,10 +410,30 @@ def _suite2p(row: Suite2pRow | None) -> dict[str, Any] | None:
             "updated": _iso(row.updated_at)}
 
 
-def _suite2p_cell(s: dict[str, Any] | None) -> str:
+JOB_LOG_LINES = 20
+
+
+def _job(job: JobRow | None) -> dict[str, Any] | None:
+    """A suite2p job as ``status --json`` shows it."""
+    if job is None:
+        return None
+    return {"state": job.state, "executor": job.executor, "job_id": job.scheduler_id,
+            # attempts: how many jobs this run of the session took so far (the latest's number)
+            "attempt": job.attempt, "attempts": job.attempt, "requested": bool(job.requested),
+            "log": job.log,
+            "detail": job.detail, "exit_code": job.exit_code,
+            "submitted": _iso(job.submitted_at), "started": _iso(job.started_at),
+            "ended": _iso(job.ended_at)}
+
+
+def suite2p_cell(s: dict[str, Any] | None, job: dict[str, Any] | None = None) -> str:
+    if job is not None and (s is None or s["state"] != Suite2pState.ATTACHED
+                            or job["state"] in ACTIVE_JOB_STATES):
+        where = f"{job['executor']} {job['job_id']}" if job["job_id"] else job["executor"]
+        return f"job {job['state']} ({where})"
     if s is None:
         return "-"
-    if s["state"] == "attached":
+    if s["state"] == Suite2pState.ATTACHED:
         return f"{s['cells']}/{s['rois']} cells"
     return str(s["state"])
 
@@ -426,7 +443,7 @@ def _series_frames(s: SessionRow, pages: int) -> dict[str, int]:
     if not s.layout:
         return {}
     layout = PageLayout.from_json(s.layout)
-    kept = layout.complete(pages) if s.state == "finished" else pages
+    kept = layout.complete(pages) if s.state == SessionState.FINISHED else pages
     return {spec.name: layout.count(spec.index, kept) for spec in layout.series}
 
 
@@ -445,10 +462,3 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover

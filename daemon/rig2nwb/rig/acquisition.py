@@ -18,6 +18,7 @@ from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.errors import TiffProblem
 from rig2nwb.rig.safeopen import FileId
 from rig2nwb.rig.scanimage import RATE_TOLERANCE, ScanImageInfo, frame_data, read_scanimage
+from rig2nwb.states import Problem
 
 # What a header may claim before the file is refused (nothing is allocated or looped over for a
 # claim beyond these): ScanImage saves at most 4 channels; fast-z volumes have tens of planes.
@@ -77,7 +78,7 @@ def read_acquisition(path: Path, cfg: Config, *, root: Path | None = None,
                             flyback_frames=flyback, frame_rate=rate,
                             source=f"ScanImage {si.version} header of {path.name}")
     except ValueError as exc:
-        raise TiffProblem("bad_header", f"{path.name}: the ScanImage header describes a page "
+        raise TiffProblem(Problem.BAD_HEADER, f"{path.name}: the ScanImage header describes a page "
                           f"layout that cannot exist ({exc}); not appended") from None
     return FileAcquisition(layout, si, times, tuple(warnings))
 
@@ -90,10 +91,10 @@ def _check_claims(path: Path, si: ScanImageInfo) -> None:
               ("flyback frames per volume", si.flyback_frames, MAX_FLYBACK_FRAMES))
     for what, value, most in claims:
         if value > most:
-            raise TiffProblem("bad_header", f"{path.name}: the ScanImage header claims {value:,} "
+            raise TiffProblem(Problem.BAD_HEADER, f"{path.name}: the ScanImage header claims {value:,} "
                               f"{what}, more than the {most:,} rig2nwb accepts; not appended")
     if any(c < 1 or c > 64 for c in si.channels_saved):
-        raise TiffProblem("bad_header", f"{path.name}: the ScanImage header saves channel(s) "
+        raise TiffProblem(Problem.BAD_HEADER, f"{path.name}: the ScanImage header saves channel(s) "
                           f"{list(si.channels_saved)[:8]}, not channel numbers; not appended")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from rig2nwb.errors import UnsafeRigPath
+from rig2nwb.states import Problem
 
 _HAS_DIR_FD = os.open in os.supports_dir_fd and hasattr(os, "O_NOFOLLOW")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -68,11 +69,11 @@ def split_inside(root: Path, path: Path | str) -> list[str]:
     if full == base:
         return []
     if not full.startswith(os.path.join(base, "")):
-        raise UnsafeRigPath("outside_root", f"{path} is not inside {root}; rig2nwb reads "
+        raise UnsafeRigPath(Problem.OUTSIDE_ROOT, f"{path} is not inside {root}; rig2nwb reads "
                             "nothing outside rig.root")
     parts = list(PurePath(full[len(os.path.join(base, "")):]).parts)
     if any(part in ("..", ".") for part in parts):
-        raise UnsafeRigPath("outside_root", f"{path}: '..' in a rig path")
+        raise UnsafeRigPath(Problem.OUTSIDE_ROOT, f"{path}: '..' in a rig path")
     return parts
 
 
@@ -111,7 +112,7 @@ def _link_problem(shown: str, root: Path | None = None, link: Path | None = None
         inner = Path(*split_inside(root, link)).as_posix() if link != root else ""
         if inner and inner != shown:
             text = f"lies in {inner}, which {text}"
-    return UnsafeRigPath("symlink", f"{shown}: {text}" if not text.startswith("lies") else
+    return UnsafeRigPath(Problem.SYMLINK, f"{shown}: {text}" if not text.startswith("lies") else
                          f"{shown} {text}")
 
 
@@ -158,17 +159,17 @@ def _check_regular(st: os.stat_result, shown: str) -> None:
             "a folder" if stat.S_ISDIR(st.st_mode) else
             "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
             "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-    raise UnsafeRigPath("not_regular", f"{shown} is {kind}, not a regular file; not read")
+    raise UnsafeRigPath(Problem.NOT_REGULAR, f"{shown} is {kind}, not a regular file; not read")
 
 
 def _check_expected(st: os.stat_result, expect: FileId | None, shown: str) -> None:
     if expect is None:
         return
     if (st.st_dev, st.st_ino) != (expect.dev, expect.ino):
-        raise UnsafeRigPath("replaced", f"{shown} was replaced by another file since it was "
+        raise UnsafeRigPath(Problem.REPLACED, f"{shown} was replaced by another file since it was "
                             "looked at; looked at again later", transient=True)
     if (st.st_size, st.st_mtime_ns) != (expect.size, expect.mtime_ns):
-        raise UnsafeRigPath("changed", f"{shown} changed since it was looked at; looked at again "
+        raise UnsafeRigPath(Problem.CHANGED, f"{shown} changed since it was looked at; looked at again "
                             "later", transient=True)
 
 
@@ -181,7 +182,7 @@ def open_rig_file(root: Path, path: Path | str, *, expect: FileId | None = None,
     parts = split_inside(root, path)
     shown = shown or (Path(*parts).as_posix() if parts else str(root))
     if not parts:
-        raise UnsafeRigPath("not_regular", f"{shown} is a folder, not a regular file; not read")
+        raise UnsafeRigPath(Problem.NOT_REGULAR, f"{shown} is a folder, not a regular file; not read")
     if _HAS_DIR_FD:
         dfd = _walk_dirs(root, parts[:-1], shown)
         try:
@@ -220,7 +221,7 @@ def _open_checked_windows(root: Path, parts: list[str], shown: str) -> int:  # p
     after = os.fstat(fd)
     if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
         os.close(fd)
-        raise UnsafeRigPath("replaced", f"{shown} was replaced while it was opened", transient=True)
+        raise UnsafeRigPath(Problem.REPLACED, f"{shown} was replaced while it was opened", transient=True)
     return fd
 
 
@@ -312,7 +313,7 @@ def read_rig_bytes(root: Path, path: Path | str, *, max_bytes: int,
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         shown = Path(*split_inside(root, path)).as_posix()
-        raise UnsafeRigPath("too_large", f"{shown} is larger than the {max_bytes:,} bytes such a "
+        raise UnsafeRigPath(Problem.TOO_LARGE, f"{shown} is larger than the {max_bytes:,} bytes such a "
                             "file may have; not read")
     return data
 

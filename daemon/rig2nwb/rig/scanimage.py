@@ -26,6 +26,7 @@ import tifffile
 from rig2nwb.errors import TiffProblem
 from rig2nwb.rig.safeopen import FileId
 from rig2nwb.rig.tiffs import open_tiff, os_problem
+from rig2nwb.states import Problem
 
 RATE_TOLERANCE = 0.05  # relative difference between scanFrameRate and measured frame times
 PROBE_PAGES = 8  # pages whose per-frame data are read to measure the frame period
@@ -101,14 +102,14 @@ def _open(path: Path, root: Path | None = None,
         with open_tiff(path, root=root, expect=expect) as tf:
             tf.pages.cache = False
             if len(tf.pages) == 0:  # tifffile only warns when the first IFD offset is invalid
-                raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
+                raise TiffProblem(Problem.NO_PAGES, f"{path.name}: TIFF holds no image pages")
             yield tf
     except TiffProblem:
         raise
     except OSError as exc:
         raise os_problem(path, exc) from exc
     except Exception as exc:  # tifffile raises many exception types for damaged files
-        raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
+        raise TiffProblem(Problem.NOT_TIFF, f"{path.name}: not a readable TIFF ({exc})") from exc
 
 
 def _file_metadata(tf: tifffile.TiffFile) -> dict[str, Any]:

@@ -5,8 +5,10 @@ in each folder from R down to F is read, outermost first; a deeper file override
 key by key within a section (a list such as ``experimenter`` is replaced as a whole). A sidecar
 holds only ``[session]``, ``[subject]``, ``[device]`` and ``[imaging]``, with the keys and the
 validation of those sections of config.toml, except ``session.timezone`` (rig-wide: config.toml
-only). What the data itself says (the ScanImage header) overrides all of this; the engine does
-that. Sidecars are only read, never followed out of the rig folder.
+only), and ``[suite2p] settings``: the suite2p settings file for the sessions below it (a path
+relative to the sidecar's folder, inside the rig folder; see processing.settingsfile). What
+the data itself says (the ScanImage header) overrides all of this; the engine does that.
+Sidecars are only read, never followed out of the rig folder.
 
 ``dandi_problems`` lists what DANDI requires and is missing or malformed; ``dandi_advice`` lists
 best-practice suggestions that do not block an upload.
@@ -24,24 +26,28 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rig2nwb.config.schema import (
-    Config,
-    DeviceConfig,
-    ImagingConfig,
-    SessionConfig,
-    SubjectConfig,
-    parse_toml,
-)
+from rig2nwb.config.loading import parse_toml
+from rig2nwb.config.schema import Config, DeviceConfig, ImagingConfig, SessionConfig, SubjectConfig
 from rig2nwb.errors import MetadataProblem, UnsafeRigPath
 from rig2nwb.rig.safeopen import FolderFilter, lstat_rig, read_rig_bytes, walk_rig
+from rig2nwb.states import Problem
 
 SIDECAR_NAME = "rig2nwb.toml"
 MAX_SIDECAR_BYTES = 1024 * 1024
+
+
+class Suite2pSidecar(BaseModel):
+    """A sidecar's ``[suite2p]``: only what differs between subjects or sessions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    settings: str = Field("", description="suite2p settings file for the sessions below")
+
+
 SECTIONS: dict[str, type[BaseModel]] = {
     "session": SessionConfig, "subject": SubjectConfig, "device": DeviceConfig,
-    "imaging": ImagingConfig,
+    "imaging": ImagingConfig, "suite2p": Suite2pSidecar,
 }
 RIG_WIDE = {("session", "timezone")}
 
@@ -53,6 +59,7 @@ class SessionMetadata:
     device: DeviceConfig
     imaging: ImagingConfig
     sources: tuple[str, ...]
+    suite2p: Suite2pSidecar = field(default_factory=Suite2pSidecar)
     # "section.key" -> where its value was set ("config.toml" or a sidecar's rig-relative path);
     # keys left at their built-in default are absent.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -61,8 +68,14 @@ class SessionMetadata:
 def config_metadata(cfg: Config) -> SessionMetadata:
     """The config.toml defaults alone (a session with no sidecar)."""
     origins = {f"{name}.{key}": "config.toml"
-               for name in SECTIONS for key in getattr(cfg, name).model_fields_set}
-    return SessionMetadata(cfg.session, cfg.subject, cfg.device, cfg.imaging, (), origins)
+               for name, model in _config_models(cfg).items() for key in model.model_fields_set}
+    return SessionMetadata(cfg.session, cfg.subject, cfg.device, cfg.imaging, (), origins=origins)
+
+
+def _config_models(cfg: Config) -> dict[str, BaseModel]:
+    """Each sidecar section's config.toml value (``[suite2p]``'s lives in suite2p.run)."""
+    return {name: Suite2pSidecar() if name == "suite2p" else getattr(cfg, name)
+            for name in SECTIONS}
 
 
 def sidecar_paths(cfg: Config, tiff_folder: Path) -> list[Path]:
@@ -92,9 +105,9 @@ def load_metadata(cfg: Config, tiff_folder: Path) -> SessionMetadata:
     Raises MetadataProblem for the first (outermost) sidecar that cannot be used, and ValueError
     when ``tiff_folder`` is not inside the rig root."""
     root = cfg.rig.root
-    merged: dict[str, dict[str, Any]] = {name: getattr(cfg, name).model_dump() for name in SECTIONS}
+    models: dict[str, Any] = _config_models(cfg)
+    merged: dict[str, dict[str, Any]] = {name: m.model_dump() for name, m in models.items()}
     origins = dict(config_metadata(cfg).origins)
-    models: dict[str, Any] = {name: getattr(cfg, name) for name in SECTIONS}
     sources: list[str] = []
     for path in sidecar_paths(cfg, tiff_folder):
         rel = _rel(path, root)
@@ -115,7 +128,7 @@ def load_metadata(cfg: Config, tiff_folder: Path) -> SessionMetadata:
             origins.update({f"{name}.{key}": rel for key in values})
         sources.append(rel)
     return SessionMetadata(models["session"], models["subject"], models["device"],
-                           models["imaging"], tuple(sources), origins)
+                           models["imaging"], tuple(sources), models["suite2p"], origins)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -147,9 +160,9 @@ def _read_sidecar(path: Path, root: Path, rel: str) -> dict[str, Any]:
     try:
         raw = read_rig_bytes(root, path, max_bytes=MAX_SIDECAR_BYTES)
     except UnsafeRigPath as exc:
-        if exc.code == "too_large":
+        if exc.code == Problem.TOO_LARGE:
             raise MetadataProblem(rel, [_too_big(MAX_SIDECAR_BYTES + 1)]) from None
-        if exc.code == "not_regular":
+        if exc.code == Problem.NOT_REGULAR:
             raise MetadataProblem(rel, ["is not a regular file"]) from None
         raise MetadataProblem(rel, [exc.message.removeprefix(f"{rel}: ").removeprefix(f"{rel} ")]) \
             from None

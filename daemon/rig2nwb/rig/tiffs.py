@@ -24,6 +24,7 @@ import tifffile
 
 from rig2nwb.errors import TiffProblem, UnsafeRigPath
 from rig2nwb.rig.safeopen import FileId, open_rig_file
+from rig2nwb.states import Problem
 
 # A frame larger than this is refused before it is decoded (``frame_limit`` narrows it to the
 # configured memory budget): 64 MB is a 4096 x 8192 int16 frame.
@@ -71,7 +72,7 @@ def inspect_tiff(path: Path, *, root: Path | None = None, expect: FileId | None 
             if n == 0:
                 if (nxt := _chain_end(tf, 0)) != 0:
                     raise _chain_problem(path, 0, nxt, st.st_size)
-                raise TiffProblem("no_pages", f"{path.name}: TIFF holds no image pages")
+                raise TiffProblem(Problem.NO_PAGES, f"{path.name}: TIFF holds no image pages")
             first = tf.pages.first
             shape, dtype = first.shape, first.dtype
             if len(shape) != 2 or first.samplesperpixel != 1:
@@ -81,7 +82,7 @@ def inspect_tiff(path: Path, *, root: Path | None = None, expect: FileId | None 
                 )
             frame_bytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
             if frame_bytes > max_frame_bytes:
-                raise TiffProblem("too_large", f"{path.name}: frames of {shape[0]} x {shape[1]} "
+                raise TiffProblem(Problem.TOO_LARGE, f"{path.name}: frames of {shape[0]} x {shape[1]} "
                                   f"{dtype} ({frame_bytes / 2**20:,.0f} MiB each) are larger than "
                                   f"the {max_frame_bytes / 2**20:,.0f} MiB a frame may have "
                                   "(append.memory_mb / 4); not read")
@@ -121,7 +122,7 @@ def inspect_tiff(path: Path, *, root: Path | None = None, expect: FileId | None 
     except OSError as exc:
         raise os_problem(path, exc) from exc
     except Exception as exc:  # tifffile raises many types for damaged files
-        raise TiffProblem("not_tiff", f"{path.name}: not a readable TIFF ({exc})") from exc
+        raise TiffProblem(Problem.NOT_TIFF, f"{path.name}: not a readable TIFF ({exc})") from exc
     return TiffInfo(n, (int(shape[0]), int(shape[1])), str(dtype), st.st_size, st.st_mtime_ns,
                     dt_tag, FileId.of(st))
 
@@ -151,9 +152,9 @@ def _chain_problem(path: Path, n: int, nxt: int, size: int) -> TiffProblem:
     if nxt < 0 or nxt >= size:
         # As in a file cut short (or still being written): "truncated", retried if it changes.
         at = f"at byte {nxt}" if nxt >= 0 else "past the end"
-        return TiffProblem("truncated", f"{path.name}: truncated or corrupt IFD chain, the IFD "
+        return TiffProblem(Problem.TRUNCATED, f"{path.name}: truncated or corrupt IFD chain, the IFD "
                            f"{where} would be {at} but the file has {size} bytes")
-    return TiffProblem("corrupt_ifd", f"{path.name}: corrupt IFD chain {where} (it points to "
+    return TiffProblem(Problem.CORRUPT_IFD, f"{path.name}: corrupt IFD chain {where} (it points to "
                        f"byte {nxt}, back into the chain or at a damaged IFD); the pages after "
                        "it cannot be found")
 
@@ -173,7 +174,7 @@ def _find_mixed_page(tf: tifffile.TiffFile, path: Path, n: int, shape: tuple[int
 
 
 def _mixed(path: Path, i: int, what: str, shape: tuple[int, ...], dtype: Any) -> TiffProblem:
-    return TiffProblem("mixed_pages", f"{path.name}: page {i} is {what}, page 0 is {shape} "
+    return TiffProblem(Problem.MIXED_PAGES, f"{path.name}: page {i} is {what}, page 0 is {shape} "
                        f"{dtype} (pages of mixed shape or type)")
 
 
@@ -195,7 +196,7 @@ def open_tiff(path: Path, *, root: Path | None = None,
         raise TiffProblem(exc.code, exc.message, transient=exc.transient) from None
     try:
         if os.fstat(fh.fileno()).st_size == 0:
-            raise TiffProblem("empty", f"{path.name}: the file is empty (0 bytes)")
+            raise TiffProblem(Problem.EMPTY, f"{path.name}: the file is empty (0 bytes)")
         with tifffile.TiffFile(fh, is_scanimage=False, name=path.name) as tf:
             yield tf
     finally:
@@ -228,7 +229,7 @@ def read_batches(path: Path, start: int, stop: int, batch: int, *, root: Path | 
     except OSError as exc:
         raise os_problem(path, exc) from exc
     except Exception as exc:
-        raise TiffProblem("unreadable", f"{path.name}: reading pages failed ({exc})") from exc
+        raise TiffProblem(Problem.UNREADABLE, f"{path.name}: reading pages failed ({exc})") from exc
 
 
 def stat_readable(path: Path, *, root: Path | None = None) -> os.stat_result:
@@ -244,12 +245,12 @@ def stat_readable(path: Path, *, root: Path | None = None) -> os.stat_result:
 
 def os_problem(path: Path, exc: OSError) -> TiffProblem:
     if exc.errno == errno.ENOENT:
-        return TiffProblem("vanished", f"{path.name}: deleted before it was appended",
+        return TiffProblem(Problem.VANISHED, f"{path.name}: deleted before it was appended",
                            transient=True)
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return TiffProblem("unreadable", f"{path.name}: permission denied (cannot read the file)",
+        return TiffProblem(Problem.UNREADABLE, f"{path.name}: permission denied (cannot read the file)",
                            transient=True)
-    return TiffProblem("io_error", f"{path.name}: {exc.strerror or exc}", transient=True)
+    return TiffProblem(Problem.IO_ERROR, f"{path.name}: {exc.strerror or exc}", transient=True)
 
 
 def _datetime_tag(page: tifffile.TiffPage) -> datetime | None:

@@ -2,122 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from filelock import FileLock, Timeout
-
-from rig2nwb.config.schema import Config, config_warnings
+from rig2nwb.config.loading import config_warnings
+from rig2nwb.config.paths import ledger_path
+from rig2nwb.config.schema import Config
 from rig2nwb.engine.engine import Engine
-from rig2nwb.engine.quarantine import (
-    account_previous_worker,
-    describe,
-    is_session_error,
-    previous_worker_exit,
-)
-from rig2nwb.errors import AlreadyRunning, LedgerDamaged, WriterPoisoned
-from rig2nwb.ledger.store import Ledger
+from rig2nwb.engine.quarantine import account_previous_worker, previous_worker_exit
+from rig2nwb.engine.view import ServiceHook
+from rig2nwb.errors import LedgerDamaged, WriterPoisoned
+from rig2nwb.ledger.quarantine import describe, is_session_error
+from rig2nwb.ledger.store import open_verified
 from rig2nwb.logs import get_logger
 from rig2nwb.rig.watcher import FsEvent, start_observer, stop_observer
-from rig2nwb.service.sdnotify import SystemdHook
+from rig2nwb.service.hooks import default_hooks
+from rig2nwb.service.lock import LOCK_WAIT_SECONDS, lock_state
+from rig2nwb.states import Problem
 
 T = TypeVar("T")
 
 TICK_SECONDS = 0.5
-# A worker started right after its predecessor was killed may find the lock still held for a
-# moment (the old process is being torn down): wait this long before calling it a second daemon.
-LOCK_WAIT_SECONDS = 10.0
-
-
-def ledger_path(cfg: Config) -> Path:
-    return cfg.state.folder / "ledger.sqlite"
-
-
-def lock_state(cfg: Config, wait_seconds: float = 0.0) -> FileLock:
-    """Take the state folder's lock: one writer per ledger and per NWB file, ever."""
-    cfg.state.folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(cfg.state.folder / "rig2nwb.lock")
-    try:
-        lock.acquire(timeout=wait_seconds)
-    except Timeout:
-        raise AlreadyRunning(
-            f"another rig2nwb process is using the state folder {cfg.state.folder} "
-            "(stop it first; a running daemon converts sessions itself)"
-        ) from None
-    return lock
-
-
-def open_verified(path: Path) -> Ledger:
-    """The ledger for writing, after SQLite's ``integrity_check``: a damaged ledger is reported
-    (LedgerDamaged, one line saying how to recover), never trusted."""
-    return Ledger(path, verify=True)
-
-
-def lower_priority(nice: int, *, exclude: frozenset[int] = frozenset()) -> int | None:
-    """Run at niceness ``nice`` or lower priority (never raises it: an unprivileged process
-    could not, and a unit's own Nice= may already be lower). Returns the niceness now; None
-    where there is none (Windows: the scheduled task's priority applies, docs/service.md).
-
-    Linux keeps niceness per thread and new threads inherit it, so this runs before the worker
-    starts its own threads; threads that already exist (numpy's OpenBLAS pool is started at
-    import) are set one by one through /proc/self/task."""
-    if not hasattr(os, "getpriority"):
-        return None
-    tasks = [0]
-    with contextlib.suppress(OSError):
-        tasks += [int(t) for t in os.listdir("/proc/self/task")]
-    for task in tasks:
-        if task in exclude:
-            continue  # e.g. the demo's simulated rig, which must keep the rig's priority
-        with contextlib.suppress(OSError):  # a thread that just ended; or not permitted
-            if nice > os.getpriority(os.PRIO_PROCESS, task):
-                os.setpriority(os.PRIO_PROCESS, task, nice)
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
-
-class ServiceHook(Protocol):
-    """Something that follows the worker loop without being part of the engine: systemd
-    notifications, apprise notifications, the status page, live previews.
-
-    Hooks run on the worker thread (they may read ``engine.ledger``), must return quickly and
-    must never stop the loop: an exception is logged and the loop goes on."""
-
-    name: str
-
-    def started(self, engine: Engine) -> None:
-        """The service is watching (after recovery and the first scan)."""
-
-    def tick(self, engine: Engine) -> None:
-        """Once per loop iteration (about every TICK_SECONDS when idle)."""
-
-    def stopping(self, engine: Engine) -> None:
-        """The loop has ended; called before the engine closes its files."""
-
-
-def default_hooks(cfg: Config) -> list[ServiceHook]:
-    """The hooks a daemon runs, in call order."""
-    # systemd first: READY=1 goes out as soon as the service watches (a no-op outside systemd).
-    hooks: list[ServiceHook] = [SystemdHook()]
-    if cfg.status.preview:  # before the status page, so the page links this tick's preview
-        from rig2nwb.outputs.preview import PreviewHook
-
-        hooks.append(PreviewHook(cfg))
-    if cfg.status.page:
-        from rig2nwb.outputs.page import StatusPageHook  # imports status, which imports us
-
-        hooks.append(StatusPageHook(cfg))
-    from rig2nwb.outputs.notify import NotifyHook  # always: it also warns when the output disk fills up
-
-    hooks.append(NotifyHook(cfg))
-    return hooks
 
 
 class Service:
@@ -171,6 +82,7 @@ class Service:
             engine.full_scan()
             if cfg.suite2p.enabled:
                 engine.suite2p.start()
+            engine.jobs.start()
             observer = self._start_observer()
             last_scan = time.monotonic()
             self.log.info("watching", stage="service", root=str(cfg.rig.root),
@@ -203,6 +115,7 @@ class Service:
             raise
         finally:
             stop_observer(observer)
+            engine.jobs.stop()
             engine.suite2p.stop()
             if not poisoned:
                 engine.close()
@@ -223,14 +136,14 @@ class Service:
             if not is_session_error(exc):
                 raise  # the ledger itself failing: the worker restarts (with backoff)
             message = f"{what} failed: {describe(exc)}; rig2nwb goes on and retries"
-            if engine.ledger.report_problem(None, "internal_error", message, what):
+            if engine.ledger.report_problem(None, Problem.INTERNAL_ERROR, message, what):
                 engine.ledger.add_event(None, "problem", message)
                 self.log.error("internal error", stage="watch", problem=message, exc_info=exc)
             self._failing.add(what)
             return None
         if what in self._failing:
             self._failing.discard(what)
-            engine.ledger.clear_problem(None, "internal_error", what)
+            engine.ledger.clear_problem(None, Problem.INTERNAL_ERROR, what)
         return result
 
     def _call_hooks(self, what: str, engine: Engine) -> None:

@@ -5,7 +5,7 @@ The protocol is one datagram of ``KEY=value`` lines on an AF_UNIX socket, so a f
 Task Scheduler on Windows, the tests) every call here is a cheap no-op, so the same code runs
 everywhere.
 
-Who sends what (``systemd/rig2nwb.service.loop`` has ``Type=notify``, ``NotifyAccess=all``):
+Who sends what (``systemd/rig2nwb.service`` has ``Type=notify``, ``NotifyAccess=all``):
 
 - the *worker* (``rig2nwb run --worker``, the process that runs the loop) sends ``READY=1`` once
   it watches, readable ``STATUS=`` lines, ``WATCHDOG=1`` from its loop, ``STOPPING=1`` at the end
@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rig2nwb import progress
 from rig2nwb.logs import get_logger
 
 if TYPE_CHECKING:
-    from rig2nwb.engine.engine import Engine
+    from rig2nwb.engine.view import LoopView
 
 SUPERVISOR_PID_ENV = "RIG2NWB_SUPERVISOR_PID"
 STATUS_EVERY_SECONDS = 5.0  # the STATUS= query runs at most this often (it is one small SELECT)
@@ -147,6 +148,7 @@ def _activate(keepalive: Keepalive | None, *, only_if: Keepalive | None = None) 
     with _lock:
         if only_if is None or _active is only_if:
             _active = keepalive
+            progress.listen(heartbeat if keepalive is not None else None)
 
 
 class SystemdHook:
@@ -169,27 +171,27 @@ class SystemdHook:
             self.keepalive.beat(force=True)
             notify("STATUS=starting: checking NWB files against the ledger, scanning the rig folder")
 
-    def started(self, engine: Engine) -> None:
+    def started(self, view: LoopView) -> None:
         if not self.enabled:
             return
         self.keepalive.ready = True
-        self._status = self._status_text(engine)
+        self._status = self._status_text(view)
         self._status_at = time.monotonic()
         notify("READY=1", f"STATUS={self._status}")
         self.keepalive.beat(force=True)
 
-    def tick(self, engine: Engine) -> None:
+    def tick(self, view: LoopView) -> None:
         if not self.enabled:
             return
         self.keepalive.beat()
         if time.monotonic() - self._status_at >= self.status_every:
             self._status_at = time.monotonic()
-            text = self._status_text(engine)
+            text = self._status_text(view)
             if text != self._status:
                 self._status = text
                 notify(f"STATUS={text}")
 
-    def stopping(self, engine: Engine) -> None:
+    def stopping(self, view: LoopView) -> None:
         if not self.enabled:
             return
         notify("STOPPING=1", "STATUS=stopping: closing NWB files")
@@ -198,13 +200,13 @@ class SystemdHook:
             self._db.close()
             self._db = None
 
-    def _status_text(self, engine: Engine) -> str:
+    def _status_text(self, view: LoopView) -> str:
         """``watching 3 sessions, 1 acquiring, 41,200 frames committed`` (+ paused, problems)."""
         try:
             if self._db is None:
                 # Our own read-only connection: one aggregate query, never a write, and no
                 # reach into the ledger's internals. A short timeout: this runs on the loop.
-                self._db = sqlite3.connect(f"{Path(engine.ledger.path).as_uri()}?mode=ro",
+                self._db = sqlite3.connect(f"{Path(view.ledger.path).as_uri()}?mode=ro",
                                            uri=True, timeout=1.0)
             # fetchall: the statement ends at once, so no read snapshot holds back checkpoints.
             row = self._db.execute(_STATUS_SQL).fetchall()[0]

@@ -19,13 +19,12 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
-from rig2nwb.logs import get_logger
+from rig2nwb.engine.quarantine import PREVIOUS_EXIT_ENV
+from rig2nwb.logs import Logger, get_logger
 from rig2nwb.service import sdnotify
 
 # How the previous worker ended (set for the next one; read by quarantine.py).
-PREVIOUS_EXIT_ENV = "RIG2NWB_PREVIOUS_WORKER_EXIT"
 
 RESTART_CODE = 75  # EX_TEMPFAIL: "start me again"
 CONFIG_ERROR_CODE = 2
@@ -130,7 +129,7 @@ def _spawn(argv: list[str], previous_exit: str | None = None) -> subprocess.Pope
     return subprocess.Popen(argv, env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
-def _wait(child: subprocess.Popen[bytes], overdue: Callable[[], bool], log: Any) -> int:
+def _wait(child: subprocess.Popen[bytes], overdue: Callable[[], bool], log: Logger) -> int:
     """The worker's exit code; a worker still running when ``overdue()`` is killed."""
     killed = False
     while True:

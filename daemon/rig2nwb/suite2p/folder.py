@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import re
 import stat as stat_mode
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +32,23 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from rig2nwb.errors import NpyError, Suite2pProblem, UnsafePickle, UnsafeRigPath
-from rig2nwb.rig.safeopen import Entry, link_text, list_rig_dir, lstat_rig
-from rig2nwb.suite2p.safepickle import load_npy
-
-REQUIRED_FILES = ("stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy")
-OPS_SETS = (("ops.npy",), ("db.npy", "settings.npy", "reg_outputs.npy", "detect_outputs.npy"))  # either set
-OPS_DESCRIPTION = f"{OPS_SETS[0][0]} (or {', '.join(OPS_SETS[1])})"
-# 1.x saves these two next to the plane folders as well; they are the same for every plane.
-SHARED_OPS_FILES = ("db.npy", "settings.npy")
+from rig2nwb.errors import Suite2pProblem
+from rig2nwb.suite2p.listing import (
+    OPS_SETS,
+    REQUIRED_FILES,
+    SHARED_OPS_FILES,
+    RefusedFile,
+    RigFiles,
+    missing_files,
+    ops_files,
+    rig_files,
+)
 
 IMAGE_KEYS = ("meanImg", "meanImgE", "Vcorr", "max_proj", "meanImg_chan2")
 CROPPED_IMAGES = ("Vcorr", "max_proj")  # suite2p computes these on the crop yrange/xrange
 OFFSETS_1D = ("yoff", "xoff", "corrXY")
 OFFSETS_2D = ("yoff1", "xoff1", "corrXY1")  # (T, nblocks), nonrigid registration
 
-_PLANE_NAME = re.compile(r"plane(0|[1-9][0-9]*)")
 _SCAN_VALUES = 1 << 21  # values per block of the NaN scan: 8 MB of float32 (+ 2 masks)
 
 # Facts for Suite2pPlane.settings: output name -> where to look (a key of the flat 0.14 ops, or
@@ -103,142 +103,7 @@ class Suite2pPlane:
     warnings: list[str] = field(default_factory=list)       # non-fatal oddities, each naming its file
 
 
-@dataclass(frozen=True)
-class _Files:
-    """Everything read from a suite2p folder goes through rigfs from ``root`` (the rig folder,
-    or a suite2p folder configured outside it): links are never followed (a planted
-    ``suite2p`` link to a folder elsewhere is not read), FIFOs never opened."""
-
-    root: Path
-
-    def lstat(self, path: Path) -> os.stat_result | None:
-        try:
-            return lstat_rig(self.root, path)
-        except (OSError, UnsafeRigPath):
-            return None
-
-    def is_file(self, path: Path) -> bool:
-        st = self.lstat(path)
-        return st is not None and stat_mode.S_ISREG(st.st_mode)
-
-    def is_dir(self, path: Path) -> bool:
-        st = self.lstat(path)
-        return st is not None and stat_mode.S_ISDIR(st.st_mode)
-
-    def entries(self, folder: Path) -> list[Entry]:
-        try:
-            return list_rig_dir(self.root, folder, limit=MAX_FOLDER_ENTRIES)
-        except (OSError, UnsafeRigPath):
-            return []
-
-    def load(self, path: Path, *, mmap: bool = False) -> np.ndarray:
-        try:
-            return load_npy(path, mmap=mmap, root=self.root)
-        except UnsafePickle as e:  # its problem says what was refused and that nothing ran
-            raise _RefusedFile(path, e.problem) from None
-        except NpyError as e:
-            raise Suite2pProblem(path, e.problem) from None
-
-    def load_dict(self, path: Path) -> dict[str, Any]:
-        arr = self.load(path)
-        if arr.dtype != object or arr.shape != () or not isinstance(arr.item(), dict):
-            raise Suite2pProblem(path, f"holds a {arr.dtype} array of shape {arr.shape}, not the dict "
-                                       "suite2p saves there")
-        return dict(arr.item())
-
-
-MAX_FOLDER_ENTRIES = 10_000  # a suite2p plane folder holds about 20 files
-
-
-def _files(folder: Path, root: Path | None) -> _Files:
-    return _Files(folder if root is None else root)
-
-
-def suite2p_link_problem(folder: Path, root: Path) -> str | None:
-    """Why ``folder`` is not read (a link, or inside a linked folder), or None."""
-    try:
-        st = lstat_rig(root, folder)
-    except UnsafeRigPath as exc:
-        return exc.message
-    except OSError:
-        return None
-    if stat_mode.S_ISLNK(st.st_mode):
-        return (f"{folder} is a symbolic link; rig2nwb reads nothing through links in the rig "
-                "folder (configure an absolute suite2p.folder for results kept elsewhere)")
-    return None
-
-
-def plane_link_problems(folder: Path, root: Path | None = None) -> list[str]:
-    """Plane folders (plane0, ...) that are links: never read, and said so (find_planes skips
-    them)."""
-    rig = folder if root is None else root
-    return [f"{folder / e.name}: {link_text(rig, folder / e.name)}"
-            for e in _files(folder, root).entries(folder)
-            if _PLANE_NAME.fullmatch(e.name) is not None and e.is_link]
-
-
-def find_planes(folder: Path, root: Path | None = None) -> list[tuple[int, Path]]:
-    """The plane folders (plane0, plane1, ...) in numeric order; combined/ and anything else are
-    skipped, and so are names suite2p never writes (plane01) and links."""
-    planes = [(int(m.group(1)), folder / e.name) for e in _files(folder, root).entries(folder)
-              if (m := _PLANE_NAME.fullmatch(e.name)) is not None and e.is_dir]
-    return sorted(planes)
-
-
-def _ops_files(plane_dir: Path, files: _Files) -> dict[str, Path] | None:
-    """The complete 1.x set (name -> file) if there is one, else {"ops.npy": file}, else None."""
-    found: dict[str, Path] = {}
-    for name in OPS_SETS[1]:
-        places = (plane_dir, plane_dir.parent) if name in SHARED_OPS_FILES else (plane_dir,)
-        path = next((d / name for d in places if files.is_file(d / name)), None)
-        if path is not None:
-            found[name] = path
-    if len(found) == len(OPS_SETS[1]):
-        return found
-    if files.is_file(plane_dir / "ops.npy"):
-        return {"ops.npy": plane_dir / "ops.npy"}
-    return None
-
-
-def missing_files(plane_dir: Path, root: Path | None = None) -> list[str]:
-    """Required files missing from the plane folder, plus the ops set when neither is complete."""
-    files = _files(plane_dir.parent, root)
-    missing = [name + _not_file(files, plane_dir / name) for name in REQUIRED_FILES
-               if not files.is_file(plane_dir / name)]
-    if _ops_files(plane_dir, files) is None:
-        missing.append(OPS_DESCRIPTION)
-    return missing
-
-
-def _not_file(files: _Files, path: Path) -> str:
-    """`` (a link)`` / `` (a named pipe)``... for a required file that is there but not a
-    regular file (it is never read), "" when it is simply missing."""
-    st = files.lstat(path)
-    if st is None:
-        return ""
-    return (" (a symbolic link, not read)" if stat_mode.S_ISLNK(st.st_mode) else
-            " (a named pipe, not read)" if stat_mode.S_ISFIFO(st.st_mode) else
-            " (not a regular file, not read)")
-
-
-def fingerprint(folder: Path, root: Path | None = None) -> tuple[tuple[str, int, int], ...]:
-    """(path relative to folder, size, mtime_ns) of every regular file in each plane folder and of
-    the top-level .npy files, sorted: it changes whenever suite2p (re)writes anything we read. A
-    file that vanishes while we look is left out; so are links."""
-    files = _files(folder, root)
-    rows = [(e.name, e.st.st_size, e.st.st_mtime_ns) for e in files.entries(folder)
-            if e.is_file and e.name.endswith(".npy")]
-    for _, plane_dir in find_planes(folder, root):
-        rows += [(f"{plane_dir.name}/{e.name}", e.st.st_size, e.st.st_mtime_ns)
-                 for e in files.entries(plane_dir) if e.is_file]
-    return tuple(sorted(rows))
-
-
 # --- loading --------------------------------------------------------------------------------
-
-
-class _RefusedFile(Suite2pProblem):
-    """A file whose pickle was refused: never downgraded to a warning, not even for a fallback."""
 
 
 class _Facts:
@@ -263,8 +128,8 @@ class _Facts:
         return ", ".join(p.name for p, _ in self.sources)
 
 
-def _read_facts(plane_dir: Path, warnings: list[str], reader: _Files) -> tuple[str, _Facts]:
-    files = _ops_files(plane_dir, reader)
+def _read_facts(plane_dir: Path, warnings: list[str], reader: RigFiles) -> tuple[str, _Facts]:
+    files = ops_files(plane_dir, reader)
     if files is None:
         raise Suite2pProblem(plane_dir / "ops.npy", f"missing: the plane folder has neither {OPS_SETS[0][0]} "
                                                     f"nor all of {', '.join(OPS_SETS[1])}")
@@ -287,7 +152,7 @@ def _read_facts(plane_dir: Path, warnings: list[str], reader: _Files) -> tuple[s
             continue
         try:
             sources.append((path, reader.load_dict(path)))
-        except _RefusedFile:
+        except RefusedFile:
             raise
         except Suite2pProblem as e:
             warnings.append(f"{e} (not used)")
@@ -327,7 +192,7 @@ def _size(facts: _Facts, key: str, images_shape: tuple[int, ...] | None, axis: i
     return size
 
 
-def _traces(path: Path, reader: _Files, *, required: bool) -> np.ndarray | None:
+def _traces(path: Path, reader: RigFiles, *, required: bool) -> np.ndarray | None:
     if not reader.is_file(path):
         if required:
             raise Suite2pProblem(path, "missing (suite2p may still be running)")
@@ -392,7 +257,7 @@ def _nonfinite_warning(path: Path, arr: np.ndarray) -> str | None:
             "(kept as they are)")
 
 
-def _pairs(path: Path, n_rois: int, reader: _Files, *, required: bool) -> np.ndarray | None:
+def _pairs(path: Path, n_rois: int, reader: RigFiles, *, required: bool) -> np.ndarray | None:
     """iscell.npy / redcell.npy: (nROI, 2) flag and probability."""
     if not reader.is_file(path):
         if required:
@@ -419,7 +284,7 @@ def _pixels(path: Path, roi: int, key: str, value: Any) -> np.ndarray:
 MASK_ENTRY_BYTES = 40
 
 
-def _masks(path: Path, n_rois: int, Ly: int, Lx: int, warnings: list[str], reader: _Files,
+def _masks(path: Path, n_rois: int, Ly: int, Lx: int, warnings: list[str], reader: RigFiles,
            budget: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     stat = reader.load(path)
     if stat.ndim != 1 or len(stat) != n_rois:
@@ -585,9 +450,9 @@ def load_plane(index: int, plane_dir: Path, root: Path | None = None, *,
                budget: int = 256 * 2**20) -> Suite2pPlane:
     """Load and check one plane folder. Every problem is a Suite2pProblem naming the file (never
     a bare numpy or pickle error); an unsafe pickle is one too, with the refusal as message.
-    ``root``: where links stop being followed (see _Files); ``budget``: bytes the pixel masks
+    ``root``: where links stop being followed (see RigFiles); ``budget``: bytes the pixel masks
     may take while being built."""
-    reader = _files(plane_dir.parent, root)
+    reader = rig_files(plane_dir.parent, root)
     missing = missing_files(plane_dir, root)
     if missing:
         raise Suite2pProblem(plane_dir / missing[0], f"missing (suite2p may still be running); all missing: "

@@ -44,8 +44,9 @@ from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
 
 from rig2nwb.core.dff import BaselineSettings, dff_block
 from rig2nwb.errors import AttachError
+from rig2nwb.fsutil import fsync_path
 from rig2nwb.nwb import chunks as chunkwriter
-from rig2nwb.service.sdnotify import heartbeat
+from rig2nwb.progress import beat as heartbeat
 from rig2nwb.suite2p.folder import Suite2pPlane, read_rows
 
 MODULE = "ophys"
@@ -456,7 +457,7 @@ def commit_copy(path: Path) -> bool:
     if not work.exists():
         return False
     os.replace(work, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent, strict=True)
     return True
 
 
@@ -466,16 +467,6 @@ def discard_work_copy(path: Path) -> bool:
         return False
     work.unlink()
     return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":  # no directory handles on Windows; NTFS journals the rename itself
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def discard_staging(path: Path) -> bool:
@@ -506,14 +497,3 @@ def swap_in(path: Path) -> bool:
         f.flush()
         os.fsync(f.id.get_vfd_handle())
     return True
-
-
-def drop_results(f: h5py.File) -> bool:
-    """Remove attached and staged results through an open handle (the session got new frames,
-    so they no longer describe it)."""
-    dropped = False
-    for name in (MODULE, STAGING):
-        if f"processing/{name}" in f:
-            del f[f"processing/{name}"]
-            dropped = True
-    return dropped

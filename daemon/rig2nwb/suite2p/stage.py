@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import queue
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,19 +42,22 @@ import h5py
 
 from rig2nwb.config.schema import Config
 from rig2nwb.core.dff import BaselineSettings
+from rig2nwb.core.diskspace import has_room
 from rig2nwb.core.pagelayout import PageLayout
-from rig2nwb.engine.quarantine import describe, is_session_error, quarantine_session
 from rig2nwb.errors import AttachError, Suite2pProblem, UnsafeRigPath
-from rig2nwb.ledger.store import Ledger, SessionRow, Suite2pRow
-from rig2nwb.logs import get_logger
+from rig2nwb.fsutil import free_bytes
+from rig2nwb.ledger.quarantine import describe, is_session_error, quarantine_session
+from rig2nwb.ledger.rows import SessionRow, Suite2pRow
+from rig2nwb.ledger.store import Ledger
+from rig2nwb.logs import Logger, get_logger
 from rig2nwb.nwb.chunks import resolve_threads
 from rig2nwb.nwb.writer import compression_args, is_lock_error, standard_args
 from rig2nwb.rig.safeopen import is_rig_dir, split_inside
-from rig2nwb.suite2p.folder import (
-    Suite2pPlane,
+from rig2nwb.states import AttachState, Problem, SessionState, Severity, Suite2pState
+from rig2nwb.suite2p.folder import Suite2pPlane, load_plane
+from rig2nwb.suite2p.listing import (
     find_planes,
     fingerprint,
-    load_plane,
     missing_files,
     plane_link_problems,
     suite2p_link_problem,
@@ -75,13 +77,13 @@ from rig2nwb.suite2p.nwbobjects import (
 )
 
 DEFAULT_NEUROPIL = 0.7
-PROBLEM = "suite2p"
-WARNING = "suite2p_warning"  # a ledger problem of severity "warning"
+PROBLEM = Problem.SUITE2P
+WARNING = Problem.SUITE2P_WARNING  # a ledger problem of severity "warning"
 
 
 @dataclass(frozen=True)
 class AttachOutcome:
-    state: str  # attached, unchanged, problem, settling, busy, waiting
+    state: AttachState
     message: str
     summary: AttachSummary | None = None
 
@@ -136,6 +138,9 @@ class Suite2pStage:
         self.queued: set[int] = set()
         self.log = get_logger("rig2nwb.suite2p")
         self._scheduler: Any = None
+        # Sessions whose suite2p job exited 0: its output is complete, no need to wait for the
+        # files to settle.
+        self.finished_jobs: set[int] = set()
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -155,6 +160,15 @@ class Suite2pStage:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
 
+    def survey_soon(self, session_id: int | None = None) -> None:
+        """Look now rather than at the next interval (a suite2p job just ended well)."""
+        if session_id is not None:
+            self.finished_jobs.add(session_id)
+        if self._scheduler is not None:
+            self._scheduler.modify_job("suite2p-survey", next_run_time=datetime.now(UTC))
+        else:
+            self.survey_safely()
+
     def survey_safely(self) -> None:
         try:
             self.survey()
@@ -168,7 +182,7 @@ class Suite2pStage:
         rows = self.ledger.suite2p_rows()
         queued = []
         for sess in self.ledger.sessions():
-            if sess.state != "finished" or not sess.nwb_created or sess.quarantined:
+            if sess.state != SessionState.FINISHED or not sess.nwb_created or sess.quarantined:
                 continue
             try:
                 ready = self._survey_one(sess, rows.get(sess.id))
@@ -192,7 +206,7 @@ class Suite2pStage:
         root = suite2p_root(self.cfg, folder)
         refused = _links_refused(folder, root)
         if refused is not None:
-            if row is None or row.state != "problem" or row.detail != refused:
+            if row is None or row.state != Suite2pState.PROBLEM or row.detail != refused:
                 self._fail(sess, folder, "", refused, log)
             return False
         if not is_rig_dir(root, folder):
@@ -203,17 +217,19 @@ class Suite2pStage:
             return False
         fp = fingerprint(folder, root)
         fp_digest = digest(fp)
-        if row is not None and row.state in ("attached", "staged") and row.attached == fp_digest:
+        done = (Suite2pState.ATTACHED, Suite2pState.STAGED)
+        if row is not None and row.state in done and row.attached == fp_digest:
             return False
         if row is not None and row.seen == fp_digest and (
-                row.state == "problem" or (row.state == "ready" and sess.id in self.queued)):
+                row.state == Suite2pState.PROBLEM
+                or (row.state == Suite2pState.READY and sess.id in self.queued)):
             return False  # a problem waits for the files to change; ready is queued already
         now = time.time()
         newest = max((m for _, _, m in fp), default=0) / 1e9
         stable = (row is not None and row.seen == fp_digest) or (
-            now - newest >= self.cfg.suite2p.settle_seconds)
+            now - newest >= self.cfg.suite2p.settle_seconds) or sess.id in self.finished_jobs
         if not stable:
-            if row is None or row.seen != fp_digest or row.state != "settling":
+            if row is None or row.seen != fp_digest or row.state != Suite2pState.SETTLING:
                 self._set(sess, row, folder, "settling", "waiting for the files to stop changing",
                           log, seen=fp_digest, seen_at=now)
             return False
@@ -231,7 +247,7 @@ class Suite2pStage:
         return ("missing " + "; ".join(parts)) if parts else ""
 
     def _set(self, sess: SessionRow, row: Suite2pRow | None, folder: Path, state: str,
-             detail: str, log: Any, **fields: Any) -> None:
+             detail: str, log: Logger, **fields: Any) -> None:
         changed = row is None or row.state != state or row.detail != detail
         self.ledger.set_suite2p(sess.id, folder=str(folder), state=state, detail=detail, **fields)
         if changed:
@@ -246,21 +262,21 @@ class Suite2pStage:
         folder = suite2p_folder(self.cfg, self.ledger, sess)
         row = self.ledger.suite2p(sess.id)
         if folder is None:
-            return AttachOutcome("waiting", "the session has no TIFF folder in the ledger")
+            return AttachOutcome(AttachState.WAITING, "the session has no TIFF folder in the ledger")
         root = suite2p_root(self.cfg, folder)
         refused = _links_refused(folder, root)
         if refused is not None:
             return self._fail(sess, folder, "", refused, log)
         if not is_rig_dir(root, folder):
-            return AttachOutcome("waiting", f"no suite2p folder at {folder}")
+            return AttachOutcome(AttachState.WAITING, f"no suite2p folder at {folder}")
         missing = self.missing(folder, root)
         if missing:
             self._set(sess, row, folder, "incomplete", missing, log)
-            return AttachOutcome("waiting", f"{folder}: suite2p output incomplete: {missing}")
+            return AttachOutcome(AttachState.WAITING, f"{folder}: suite2p output incomplete: {missing}")
         fp_before = digest(fingerprint(folder, root))
-        if row is not None and row.state == "attached" and row.attached == fp_before:
+        if row is not None and row.state == Suite2pState.ATTACHED and row.attached == fp_before:
             summary = AttachSummary.from_json(row.summary) if row.summary else None
-            return AttachOutcome("unchanged", "already attached"
+            return AttachOutcome(AttachState.UNCHANGED, "already attached"
                                  + (f": {summary.short()}" if summary else ""), summary)
         nwb = Path(sess.nwb_path)
         try:
@@ -270,12 +286,12 @@ class Suite2pStage:
         if digest(fingerprint(folder, root)) != fp_before:
             self._set(sess, row, folder, "settling", "files changed while being read", log,
                       seen=digest(fingerprint(folder, root)), seen_at=time.time())
-            return AttachOutcome("settling", f"{folder}: files changed while being read; "
+            return AttachOutcome(AttachState.SETTLING, f"{folder}: files changed while being read; "
                                  "attaching once they stop changing")
         short = self._space_problem(nwb, folder, root)
         if short:
             return self._fail(sess, folder, fp_before, short, log)
-        self.ledger.set_suite2p(sess.id, folder=str(folder), state="attaching",
+        self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.ATTACHING,
                                 detail="writing the results", seen=fp_before)
         # Everything is written into a copy of the file (see suite2p_nwb): a crash before the
         # rename below leaves the original as it was.
@@ -287,35 +303,35 @@ class Suite2pStage:
                                     standard_args(self.cfg))
             swap_in(work)
         except OSError as exc:
-            self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready",
+            self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.READY,
                                     detail=f"NWB file busy: {exc}")
             with contextlib.suppress(OSError):
                 discard_work_copy(nwb)
             if is_lock_error(exc):
-                return AttachOutcome("busy", f"{nwb.name} is open in another program; will retry")
+                return AttachOutcome(AttachState.BUSY, f"{nwb.name} is open in another program; will retry")
             raise
         if digest(fingerprint(folder, root)) != fp_before:  # rewritten during the write
             discard_work_copy(nwb)
             self._set(sess, None, folder, "settling", "files changed while being attached", log,
                       seen=None)
-            return AttachOutcome("settling", "files changed while being attached; will retry")
+            return AttachOutcome(AttachState.SETTLING, "files changed while being attached; will retry")
         # The copy is complete and fsynced: from here a crash finishes the rename at start-up.
-        self.ledger.set_suite2p(sess.id, folder=str(folder), state="staged", attached=fp_before,
+        self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.STAGED, attached=fp_before,
                                 summary=summary.to_json(), detail="swapping in")
         try:
             commit_copy(nwb)
         except OSError as exc:  # Windows: a reader holds the file; the copy is complete, retry
-            self.ledger.set_suite2p(sess.id, folder=str(folder), state="ready", attached=None,
+            self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.READY, attached=None,
                                     detail=f"NWB file busy: {exc}")
             with contextlib.suppress(OSError):
                 discard_work_copy(nwb)
-            return AttachOutcome("busy", f"{nwb.name} could not be replaced ({exc}); will retry")
+            return AttachOutcome(AttachState.BUSY, f"{nwb.name} could not be replaced ({exc}); will retry")
         self._attached(sess, folder, summary, replaced=row is not None and bool(row.attached),
                        log=log)
         self._warn(sess, folder, [w for plane in planes for w in plane.warnings], log)
-        return AttachOutcome("attached", summary.short(), summary)
+        return AttachOutcome(AttachState.ATTACHED, summary.short(), summary)
 
-    def _warn(self, sess: SessionRow, folder: Path, warnings: list[str], log: Any) -> None:
+    def _warn(self, sess: SessionRow, folder: Path, warnings: list[str], log: Logger) -> None:
         """The folder's non-fatal oddities (NaN traces kept as they are, nframes disagreeing
         with ops, ...): a warning in status and the log, so that they are not only in the file.
         Cleared by an attach without them."""
@@ -323,7 +339,7 @@ class Suite2pStage:
             self.ledger.clear_problem(sess.id, WARNING, str(folder))
             return
         text = "; ".join(warnings)
-        if self.ledger.report_problem(sess.id, WARNING, text, str(folder), severity="warning"):
+        if self.ledger.report_problem(sess.id, WARNING, text, str(folder), severity=Severity.WARNING):
             log.warning("suite2p folder warnings", file=str(folder), problem=text)
 
     def _space_problem(self, nwb: Path, folder: Path, root: Path) -> str:
@@ -333,11 +349,12 @@ class Suite2pStage:
             size = nwb.stat().st_size
             traces = sum(n for rel, n, _ in fingerprint(folder, root)
                          if "/" in rel and rel.split("/")[1].startswith(("F", "spks")))
-            free = shutil.disk_usage(nwb.parent).free
         except OSError:
             return ""  # unknown: the write itself will tell
-        needed = size + 2 * traces + self.cfg.output.min_free_mb * 1_000_000
-        if free >= needed:
+        free = free_bytes(nwb.parent)
+        reserve = self.cfg.output.min_free_mb * 1_000_000
+        needed = size + 2 * traces + reserve
+        if has_room(free, reserve, size + 2 * traces) or free is None:
             return ""
         return (f"not enough free space to attach safely: the attach writes a complete copy of "
                 f"{nwb.name} ({size / 1e9:.1f} GB) and swaps it in, needing about "
@@ -345,8 +362,8 @@ class Suite2pStage:
                 f"in {nwb.parent}; retried when the suite2p files change or at the next start")
 
     def _attached(self, sess: SessionRow, folder: Path, summary: AttachSummary, *,
-                  replaced: bool, log: Any) -> None:
-        self.ledger.set_suite2p(sess.id, folder=str(folder), state="attached",
+                  replaced: bool, log: Logger) -> None:
+        self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.ATTACHED,
                                 detail=summary.short())
         self.ledger.clear_problem(sess.id, PROBLEM, str(folder))
         self.ledger.clear_problem(sess.id, "suite2p_partial")  # these cover the whole session
@@ -358,13 +375,13 @@ class Suite2pStage:
                  clamped_baseline_rois=summary.clamped, nwb=sess.nwb_path)
 
     def _fail(self, sess: SessionRow, folder: Path, fp: str, message: str,
-              log: Any) -> AttachOutcome:
-        self.ledger.set_suite2p(sess.id, folder=str(folder), state="problem", detail=message,
+              log: Logger) -> AttachOutcome:
+        self.ledger.set_suite2p(sess.id, folder=str(folder), state=Suite2pState.PROBLEM, detail=message,
                                 seen=fp)
         if self.ledger.report_problem(sess.id, PROBLEM, message, str(folder)):
             log.error("problem", code=PROBLEM, file=str(folder), problem=message)
             self.ledger.add_event(sess.id, "problem", message)
-        return AttachOutcome("problem", message)
+        return AttachOutcome(AttachState.PROBLEM, message)
 
     def _load(self, sess: SessionRow, folder: Path) -> tuple[list[Suite2pPlane], list[PlaneTarget]]:
         if not sess.layout:
@@ -425,11 +442,11 @@ class Suite2pStage:
         """At start-up, before anything else touches the file: finish or undo an interrupted
         attach (see the module docstring of suite2p_nwb)."""
         row = self.ledger.suite2p(sess.id)
-        if row is None or row.state not in ("staged", "attaching"):
+        if row is None or row.state not in (Suite2pState.STAGED, Suite2pState.ATTACHING):
             return
         log = self.log.bind(subject=sess.subject, session=sess.session, stage="suite2p")
         nwb = Path(sess.nwb_path)
-        if row.state == "staged":
+        if row.state == Suite2pState.STAGED:
             if not commit_copy(nwb) and has_staging(nwb):  # a no-op when the rename had finished
                 swap_in(nwb)  # staged in place by an earlier version of rig2nwb
             summary = AttachSummary.from_json(row.summary) if row.summary else AttachSummary()
@@ -439,7 +456,7 @@ class Suite2pStage:
             discard_work_copy(nwb)
             if has_staging(nwb):  # left by a version that staged inside the live file
                 discard_staging(nwb)
-            self.ledger.set_suite2p(sess.id, folder=row.folder, state="ready",
+            self.ledger.set_suite2p(sess.id, folder=row.folder, state=Suite2pState.READY,
                                     detail="attach interrupted; attaching again")
             log.warning("discarded an attach interrupted while writing; the previous results "
                         "are unchanged", nwb=str(nwb))

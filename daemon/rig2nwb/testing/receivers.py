@@ -1,5 +1,7 @@
 """Real notification receivers for the tests: an HTTP server taking apprise's json:// posts and
-an SMTP server (aiosmtpd) taking mail with a login, both on 127.0.0.1 and random ports."""
+an SMTP server (aiosmtpd) taking mail with a login, both on 127.0.0.1 and random ports.
+
+aiosmtpd (a test-only dependency) is imported only when an SmtpReceiver starts."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import threading
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Mail:
         return part.get_content() if part is not None else ""
 
     def attachments(self) -> list[tuple[str, bytes]]:
-        return [(p.get_filename() or "", p.get_payload(decode=True))
+        return [(p.get_filename() or "", cast(bytes, p.get_payload(decode=True)))
                 for p in self.message.iter_attachments()]
 
 
@@ -108,6 +110,8 @@ class SmtpReceiver:
     logins: list[tuple[str, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -117,6 +121,8 @@ class SmtpReceiver:
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                       auth_data: Any) -> AuthResult:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
         ok = isinstance(auth_data, LoginPassword) and (
             auth_data.login.decode(), auth_data.password.decode()) == (self.user, self.password)
         self.logins.append((auth_data.login.decode() if isinstance(auth_data, LoginPassword)

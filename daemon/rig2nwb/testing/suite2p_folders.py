@@ -1,5 +1,5 @@
-"""Test helpers for suite2p folders: 0.14-style copies of the real 1.x fixtures, deterministic
-synthetic folders of any size, and hand-written .npy pickles.
+"""suite2p output folders for the tests: 0.14-style copies of the real 1.x fixtures, deterministic
+synthetic folders of any size, hand-written .npy pickles, and numpy's own reading of them.
 
 Nothing here uses rig2nwb: the fixture files are read with numpy's own
 ``np.load(allow_pickle=True)`` (they are trusted test inputs) and folders are found by name.
@@ -24,6 +24,12 @@ RENAMED = {("extraction", "neuropil_coefficient"): "neucoeff"}
 ELSEWHERE = "/data/Imaging/elsewhere"
 
 
+def raw_npy(path: Path) -> Any:
+    """numpy's own loader: the independent expectation (the fixtures are trusted files)."""
+    arr = np.load(path, allow_pickle=True)
+    return arr.item() if arr.dtype == object and arr.ndim == 0 else arr
+
+
 def np_item(path: Path) -> Any:
     """The dict in a trusted 0-d object .npy, as numpy itself loads it."""
     return np.load(path, allow_pickle=True).item()
@@ -41,6 +47,7 @@ def flat_ops_014(plane_dir: Path) -> dict[str, Any]:
     ops["filelist"] = list(db["file_list"])
     for key, value in settings.items():
         if isinstance(value, dict):
+            sub: str
             for sub, v in value.items():
                 if not isinstance(v, dict):
                     ops[RENAMED.get((key, sub), sub)] = v
