@@ -31,8 +31,11 @@ import pytest
 from pynwb import NWBHDF5IO, validate
 
 from rig2nwb.ledger.store import Ledger
-from tests.conftest import Lab, nwb_frames, nwb_timestamps, random_frames, wait_for, write_tiff
-from tests.figures import record
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames, nwb_timestamps
+from rig2nwb.testing.tiffs import random_frames, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 FILE_INTERVAL = 0.8  # seconds between TIFFs from the simulated rig
 FRAMES_PER_FILE = 150  # pages per TIFF; not a multiple of the multi-plane volume (8 pages)
@@ -410,7 +413,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(crash_lab: Lab,
                       validate_every=validate_every(request))
 
 
-@pytest.mark.slow  # one unexplained CI timeout (final daemon never logged a start); see README
+@pytest.mark.slow  # one unexplained CI timeout (final daemon never logged a start); see docs/testing.md
 def test_sigkill_multi_plane_multi_channel_mid_volume(crash_lab_multi: Lab,
                                                       request: pytest.FixtureRequest) -> None:
     """3 planes x 2 channels + 1 flyback frame (8 pages a volume) in 150-page files: kills land

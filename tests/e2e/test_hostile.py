@@ -54,19 +54,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.config.schema import load_config
+from rig2nwb.config.loading import load_config
 from rig2nwb.outputs.status import collect, rig_problems
-from tests.conftest import (
-    REPO,
-    Lab,
-    nwb_timestamps,
-    random_frames,
-    tiff_pages,
-    wait_for,
-    write_tiff,
-)
-from tests.figures import record
-from tests.suite2p_tools import make_synthetic_folder, save_dict
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_timestamps
+from rig2nwb.testing.paths import REPO
+from rig2nwb.testing.suite2p_folders import make_synthetic_folder, save_dict
+from rig2nwb.testing.tiffs import random_frames, tiff_pages, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 SHAPE = (16, 20)
 PAGES = 6  # pages per TIFF of the small sessions

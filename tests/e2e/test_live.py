@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from rig2nwb.engine.engine import Engine
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.services import finished, run_service
 from rig2nwb.testing.simrig import MovieSpec, SimSession, write_tiff
-from tests.conftest import Lab, append_pages, finished, nwb_frames, random_frames, run_service
-from tests.conftest import write_tiff as write_whole_tiff
+from rig2nwb.testing.tiffs import append_pages, random_frames
+from rig2nwb.testing.tiffs import write_tiff as write_whole_tiff
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])
@@ -79,7 +82,7 @@ def test_out_of_order_arrival_is_appended_in_run_order(lab: Lab) -> None:
 
 
 def test_restart_after_finish_changes_nothing(lab: Lab) -> None:
-    from tests.conftest import sha256
+    from rig2nwb.testing.filetrees import sha256
 
     write_whole_tiff(lab.session_dir() / "x_00001.tif", random_frames(5))
     lab.lab_files(n_frames=5)

@@ -23,8 +23,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, Lab, random_frames, tiff_pages, wait_for, write_tiff
-from tests.suite2p_tools import make_synthetic_folder
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.paths import REPO
+from rig2nwb.testing.suite2p_folders import make_synthetic_folder
+from rig2nwb.testing.tiffs import random_frames, tiff_pages, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 FAULTS = REPO / "tests" / "faults"
 SHAPE = (16, 20)
@@ -127,10 +130,10 @@ def assert_committed_frames_intact(lab: Lab, session: str, paths: list[Path]) ->
 
 # phase as the quarantine names it, the function broken, the argument text that selects s_bad
 PHASES = [
-    ("inspecting a TIFF", "rig2nwb.engine.engine:inspect_tiff", "s_bad"),
-    ("appending frames", "rig2nwb.engine.engine:Engine._stream", "b_00002"),
-    ("finalizing the session", "rig2nwb.engine.engine:Engine._finalize", "s_bad"),
-    ("checking the file", "rig2nwb.engine.engine:Engine._start_check", "s_bad"),
+    ("inspecting a TIFF", "rig2nwb.engine.appending:inspect_tiff", "s_bad"),
+    ("appending frames", "rig2nwb.engine.appending:AppendJob._stream", "b_00002"),
+    ("finalizing the session", "rig2nwb.engine.finalizing:Finalizer.finalize", "s_bad"),
+    ("checking the file", "rig2nwb.engine.checks:CheckQueue._start", "s_bad"),
     ("looking at its suite2p folder", "rig2nwb.suite2p.stage:Suite2pStage._survey_one", "s_bad"),
     ("attaching suite2p results", "rig2nwb.suite2p.stage:Suite2pStage.attach", "s_bad"),
 ]
@@ -200,8 +203,8 @@ def test_exception_in_a_phase_quarantines_only_that_session(tmp_path: Path, phas
 
 
 @pytest.mark.parametrize(("mode", "target", "match", "phase"), [
-    ("kill", "rig2nwb.engine.engine:Engine._stream", "b_00002", "appending frames"),
-    ("segv", "rig2nwb.engine.engine:Engine._finalize", "s_bad", "finalizing the session"),
+    ("kill", "rig2nwb.engine.appending:AppendJob._stream", "b_00002", "appending frames"),
+    ("segv", "rig2nwb.engine.finalizing:Finalizer.finalize", "s_bad", "finalizing the session"),
 ])
 def test_worker_dying_in_a_session_quarantines_it_after_two_deaths(
         tmp_path: Path, mode: str, target: str, match: str, phase: str) -> None:
@@ -308,7 +311,7 @@ def test_attach_without_results_and_no_daemon_answers_at_once(tmp_path: Path) ->
 def test_request_for_a_quarantined_session_is_refused_at_once(tmp_path: Path) -> None:
     lab = make_fault_lab(tmp_path)
     two_sessions(lab)
-    daemon = Daemon(lab, fault_env("rig2nwb.engine.engine:Engine._finalize", match="s_bad"))
+    daemon = Daemon(lab, fault_env("rig2nwb.engine.finalizing:Finalizer.finalize", match="s_bad"))
     try:
         wait_for(lambda: status(lab).get("s_bad", {}).get("state") == "quarantined", timeout=60,
                  what="s_bad to be quarantined")
@@ -500,7 +503,8 @@ def test_sigterm_stops_the_daemon_within_10_s_even_when_the_worker_hangs(tmp_pat
     supervisor kills it after its grace period, and the service still stops within 10 s."""
     lab = make_fault_lab(tmp_path)
     two_sessions(lab)
-    daemon = Daemon(lab, fault_env("rig2nwb.engine.engine:Engine._stream", mode="hang", match="b_00001"))
+    daemon = Daemon(lab, fault_env("rig2nwb.engine.appending:AppendJob._stream", mode="hang",
+                                   match="b_00001"))
     log = lab.state / "rig2nwb.log"
     wait_for(lambda: log.exists() and '"nwb created"' in log.read_text()
              and "ses-s_bad" in log.read_text(), timeout=60,

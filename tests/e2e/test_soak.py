@@ -30,8 +30,11 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import Lab, nwb_frames, random_frames, wait_for, write_tiff
-from tests.figures import record
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.tiffs import random_frames, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 SHAPE = (32, 32)
 PAGES = 4  # pages a file

@@ -30,9 +30,14 @@ from rig2nwb.config.paths import summary_png
 from rig2nwb.engine.engine import Engine
 from rig2nwb.service import sdnotify
 from rig2nwb.service.loop import Service
-from tests.conftest import REPO, Lab, finished, nwb_frames, random_frames, wait_for
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.paths import REPO
+from rig2nwb.testing.services import finished
+from rig2nwb.testing.tiffs import random_frames
+from rig2nwb.testing.waits import wait_for
 
-UNIT = REPO / "systemd" / "rig2nwb.service.loop"
+UNIT = REPO / "systemd" / "rig2nwb.service"
 USER_UNIT = REPO / "systemd" / "rig2nwb-user.service"
 SYSUSERS = REPO / "systemd" / "rig2nwb.sysusers.conf"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AF_UNIX datagrams, systemd")
@@ -373,7 +378,7 @@ def test_a_long_append_pings_from_inside_its_step(
         lab: Lab, notify_socket: tuple[str, NotifySocket], monkeypatch: pytest.MonkeyPatch) -> None:
     """One TIFF whose append takes several watchdog intervals (slowed down per batch): the
     engine's per-batch heartbeat keeps systemd fed although the loop does not tick meanwhile."""
-    import rig2nwb.engine.engine as engine_module
+    import rig2nwb.engine.appending as engine_module
 
     path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
@@ -567,7 +572,7 @@ def test_user_unit_verifies_cleanly(tmp_path: Path) -> None:
     exec_start = _unit_value(USER_UNIT, "ExecStart").split()[0]
     assert exec_start.startswith("%h/")
     _stand_in(home / exec_start[len("%h/"):])
-    unit = home / "rig2nwb.service.loop"  # installed under the name the docs give it
+    unit = home / "rig2nwb.service"  # installed under the name the docs give it
     shutil.copy(USER_UNIT, unit)
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime))
@@ -696,3 +701,81 @@ def test_daemon_runs_under_memory_deny_write_execute(make_lab: Callable[..., Lab
     assert "PermissionError" not in err and "Traceback" not in err, err
     assert (nwb_frames(lab.nwb()) == frames).all()
     assert summary_png(lab.config(), "m1", "s1").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+JOB_UNIT = UNIT.parent / "rig2nwb-suite2p@.service"
+
+
+def test_suite2p_job_unit_verifies_and_runs_the_wrapper_on_its_folder(tmp_path: Path) -> None:
+    escape = _tool("systemd-escape")
+    exec_start = _unit_value(JOB_UNIT, "ExecStart").split()
+    assert exec_start[1:] == ["-m", "rig2nwb.processing.runjob", "%f"]
+    # The instance name the local executor makes of a job folder gives the folder back as %f.
+    folder = "/var/lib/rig2nwb/jobs/0123abcd"
+    instance = subprocess.run([escape, "--path", folder], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    from rig2nwb.processing.local import UNIT as TEMPLATE
+    from rig2nwb.processing.local import unit_instance
+
+    assert unit_instance(Path(folder)) == instance
+    assert _verify_in_scratch_root(tmp_path, JOB_UNIT, TEMPLATE.format(instance)) == ""
+    # Not the daemon's sandbox: numba needs writable executable memory.
+    assert not [ln for ln in JOB_UNIT.read_text().splitlines()
+                if ln.startswith("MemoryDenyWriteExecute=")]
+    assert _unit_value(JOB_UNIT, "Nice") == "19"
+    assert _unit_value(JOB_UNIT, "IOSchedulingClass") == "idle"
+    assert _unit_value(JOB_UNIT, "User") == _unit_value(UNIT, "User")
+
+
+TEMPLATE_UNIT = UNIT.parent / "rig2nwb@.service"
+LAB_UNIT = UNIT.parent / "rig2nwb-lab.service"
+
+
+def _verify_in_scratch_root(tmp_path: Path, unit_file: Path, name: str) -> str:
+    analyze = _tool("systemd-analyze")
+    system_units = Path("/usr/lib/systemd/system")
+    if not (system_units / "multi-user.target").exists():
+        pytest.skip(f"{system_units} has no systemd units")
+    root = tmp_path / "root"
+    if not root.exists():
+        shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+        (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(unit_file, root / "etc/systemd/system" / unit_file.name)
+    _stand_in(root / _unit_value(unit_file, "ExecStart").split()[0].lstrip("/"))
+    out = subprocess.run([analyze, "verify", f"--root={root}", "--man=no", "--generators=no",
+                          name], capture_output=True, text=True, timeout=120)
+    return out.stdout + out.stderr + ("" if out.returncode == 0 else f"exit {out.returncode}")
+
+
+def test_template_unit_runs_one_rig_per_instance(tmp_path: Path) -> None:
+    assert _verify_in_scratch_root(tmp_path, TEMPLATE_UNIT, "rig2nwb@rig2.service") == ""
+    assert _unit_value(TEMPLATE_UNIT, "ExecStart").endswith("run --config /etc/rig2nwb/%i.toml")
+    for key in ("StateDirectory", "LogsDirectory", "CacheDirectory"):
+        assert _unit_value(TEMPLATE_UNIT, key) == "rig2nwb/%i"
+    assert _unit_value(TEMPLATE_UNIT, "EnvironmentFile") == "-/etc/rig2nwb/%i.secrets.env"
+    # The same service contract and hardening as the single-rig unit, key by key.
+    differ = {"Description", "ExecStart", "StateDirectory", "LogsDirectory", "CacheDirectory",
+              "EnvironmentFile", "Environment", "ReadWritePaths", "ReadOnlyPaths"}
+
+    def settings(unit: Path) -> list[str]:
+        return [line for line in unit.read_text().splitlines()
+                if "=" in line and not line.startswith("#") and line.split("=")[0] not in differ]
+
+    assert settings(TEMPLATE_UNIT) == settings(UNIT)
+
+
+def test_template_and_lab_units_security_exposure_at_most_1_5() -> None:
+    analyze = _tool("systemd-analyze")
+    for unit in (TEMPLATE_UNIT, LAB_UNIT):
+        out = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+                             capture_output=True, text=True, timeout=120)
+        m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", out.stdout)
+        assert m, out.stdout + out.stderr
+        assert float(m.group(1)) <= 1.5, (unit.name, out.stdout)
+
+
+def test_lab_unit_verifies_and_watches_every_rig(tmp_path: Path) -> None:
+    assert _verify_in_scratch_root(tmp_path, LAB_UNIT, LAB_UNIT.name) == ""
+    argv = _unit_value(LAB_UNIT, "ExecStart").split()
+    assert argv[1:3] == ["lab", "/etc/rig2nwb"] and "--page" in argv and "--watch" in argv
+    assert _unit_value(LAB_UNIT, "User") == _unit_value(TEMPLATE_UNIT, "User")

@@ -3,11 +3,12 @@
 
 Environment:
   RIG2NWB_FAULT          ``module:Qual.name`` of the function to break, e.g.
-                         ``rig2nwb.engine.engine:Engine._finalize``
+                         ``rig2nwb.engine.finalizing:Finalizer.finalize``
   RIG2NWB_FAULT_MODE     ``raise`` (InjectedFault, a plain Exception: not one of the OSError /
                          RuntimeError types that h5py's write failures come as), ``kill``
-                         (SIGKILL itself), ``segv``, or ``hang`` (sleeps for an hour: a read
-                         that never returns)
+                         (SIGKILL itself), ``kill-after`` (SIGKILL right after the function
+                         returned: its effect happened, nothing after it did), ``segv``, or
+                         ``hang`` (sleeps for an hour: a read that never returns)
   RIG2NWB_FAULT_MATCH    only when the repr of an argument contains this text (one session)
   RIG2NWB_FAULT_FILE     only while this file exists (a test lifts the fault by deleting it)
 
@@ -69,6 +70,9 @@ def _patch(module: Any, qualname: str) -> None:
     @functools.wraps(original)
     def broken(*args: Any, **kwargs: Any) -> Any:
         if _active(args, kwargs):
+            if os.environ.get("RIG2NWB_FAULT_MODE") == "kill-after":
+                original(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
             _strike(qualname)
         return original(*args, **kwargs)
 

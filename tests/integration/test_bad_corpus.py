@@ -32,12 +32,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from rig2nwb.config.schema import ConfigError, load_config
+from rig2nwb.config.loading import load_config
+from rig2nwb.errors import ConfigError
 from rig2nwb.ledger.store import Ledger
 from rig2nwb.outputs.status import collect
-from tests.conftest import Lab, nwb_frames, random_frames, run_service, write_tiff
-from tests.figures import record
-from tests.suite2p_tools import make_synthetic_folder
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.services import run_service
+from rig2nwb.testing.suite2p_folders import make_synthetic_folder
+from rig2nwb.testing.tiffs import random_frames, write_tiff
 
 SHAPE = (32, 48)
 GOOD = ("good", "s1")

@@ -17,21 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig2nwb.logs import setup_from_config
+from rig2nwb.config.logsetup import setup_from_config
 from rig2nwb.outputs.status import collect
 from rig2nwb.service.loop import Service
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.filetrees import tree_checksums
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.services import finished, run_service
 from rig2nwb.testing.simrig import write_tiff as write_tiff_paced
-from tests.conftest import (
-    Lab,
-    finished,
-    nwb_frames,
-    random_frames,
-    run_service,
-    tree_checksums,
-    wait_for,
-    write_tiff,
-)
-from tests.figures import record
+from rig2nwb.testing.tiffs import random_frames, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 
 def status_of(lab: Lab, session: str = "s1") -> dict[str, object]:

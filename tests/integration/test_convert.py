@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from pynwb import NWBHDF5IO, validate
 
-from tests.conftest import Lab, nwb_frames, nwb_timestamps, random_frames, sha256, tiff_pages
+from rig2nwb.testing.filetrees import sha256
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames, nwb_timestamps
+from rig2nwb.testing.tiffs import random_frames, tiff_pages
 
 
 def test_convert_session_bit_identical_in_run_order(lab: Lab) -> None:
@@ -111,7 +114,7 @@ def test_scanimage_style_layout(make_lab) -> None:  # type: ignore[no-untyped-de
     names = ["exp3_00001_00002.tif", "exp3_00002_00001.tif", "exp3_00001_00001.tif"]
     data = {n: random_frames(5, seed=i) for i, n in enumerate(names)}
     for n, frames in data.items():
-        from tests.conftest import write_tiff
+        from rig2nwb.testing.tiffs import write_tiff
         write_tiff(folder / n, frames)
     proc = lab.run_cli("convert", str(folder), "--no-progress")
     assert proc.returncode == 0, proc.stderr

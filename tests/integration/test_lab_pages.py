@@ -24,10 +24,13 @@ import html5lib
 import numpy as np
 import pytest
 
-from rig2nwb.engine.engine import _regular_rate
-from tests.conftest import Lab, random_frames, toml_value, wait_for, write_tiff
-from tests.receivers import HttpReceiver
-from tests.suite2p_tools import make_synthetic_folder
+from rig2nwb.core.timing import regular_rate
+from rig2nwb.testing.configs import append_config
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.receivers import HttpReceiver
+from rig2nwb.testing.suite2p_folders import make_synthetic_folder
+from rig2nwb.testing.tiffs import random_frames, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 SHAPE = (24, 32)
 
@@ -141,8 +144,7 @@ def test_one_shot_commands_notify_only_when_asked(tmp_path: Path) -> None:
     try:
         lab = page_lab(tmp_path, notify={"attempts": 2, "retry_delays_seconds": [0.1],
                                          "timeout_seconds": 5, "stop_flush_seconds": 10})
-        with lab.config_path.open("a") as fh:
-            fh.write(f"\n[[notify.targets]]\nurl = {toml_value(http.url('/hook?token=${RIG_TOKEN}'))}\n")
+        append_config(lab.config_path, {"notify.targets": [{"url": http.url("/hook?token=${RIG_TOKEN}")}]})
         env = {k: v for k, v in os.environ.items() if k != "RIG_TOKEN"}
         folder = write_session(lab)
         # without --notify: no secret needed, nothing sent
@@ -190,11 +192,11 @@ def test_regular_times_become_a_rate_only_when_readers_get_them_back_within_1_us
 
     t = np.arange(36_000) / 29.97  # a 29.97 Hz session of 20 minutes
     assert reader_error(t, 29.97) > 1e-6  # what storing it as a rate would cost
-    assert _regular_rate(t) is None  # so the timestamps are kept
+    assert regular_rate(t) is None  # so the timestamps are kept
     short = np.arange(300) / 29.97
-    rate = _regular_rate(short)
+    rate = regular_rate(short)
     assert rate is not None and reader_error(short, rate) <= 1e-6
-    assert _regular_rate(np.arange(36_000) / 32.0) == 32.0  # exact in float32: a rate
+    assert regular_rate(np.arange(36_000) / 32.0) == 32.0  # exact in float32: a rate
 
 
 def test_imaging_rate_is_the_series_own_rate(tmp_path: Path) -> None:

@@ -18,12 +18,17 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
+from rig2nwb.config.loading import load_config
 from rig2nwb.config.paths import summary_png
-from rig2nwb.config.schema import ConfigError, load_config
+from rig2nwb.errors import ConfigError
 from rig2nwb.ledger.store import Ledger
 from rig2nwb.outputs.status import collect
-from tests.conftest import Lab, nwb_frames, random_frames, run_service, toml_value
-from tests.receivers import HttpReceiver, SmtpReceiver
+from rig2nwb.testing.configs import append_config
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.receivers import HttpReceiver, SmtpReceiver
+from rig2nwb.testing.services import run_service
+from rig2nwb.testing.tiffs import random_frames
 
 SECRET = "s3cr3t Pa55@word/x:y"  # characters a URL cannot hold as they are
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,10 +52,7 @@ def smtp() -> Iterator[SmtpReceiver]:
 
 def add_targets(lab: Lab, targets: list[dict[str, Any]]) -> None:
     """Append [[notify.targets]] tables to the lab's config.toml."""
-    text = "".join("\n[[notify.targets]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in t.items())
-                   for t in targets)
-    with lab.config_path.open("a", encoding="utf-8") as f:
-        f.write(text)
+    append_config(lab.config_path, {"notify.targets": targets})
 
 
 def tiny_png() -> bytes:
@@ -218,11 +220,11 @@ def test_converted_without_check_is_sent_when_the_session_finishes(make_lab, htt
 
 
 def test_suite2p_attached_message(tmp_path: Path, http: HttpReceiver) -> None:
-    from tests.test_suite2p_attach import SESSION, SUBJECT, make_session, raw_npy
+    from rig2nwb.testing.suite2p_folders import raw_npy
+    from rig2nwb.testing.suite2p_sessions import SESSION, SUBJECT, make_session
 
     lab, _, s2p = make_session(tmp_path / "s2p", "twochan", channels=2)  # converted already
-    with lab.config_path.open("a", encoding="utf-8") as f:
-        f.write("\n[notify]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in FAST.items()))
+    append_config(lab.config_path, {"notify": FAST})
     add_targets(lab, [{"url": http.url("/s2p"), "tags": ["suite2p", "converted"]}])
     run_service(lab, lambda engine: bool(http.at("/s2p")), timeout=120)
 
@@ -315,7 +317,7 @@ def test_unknown_kind_is_a_configuration_error(make_lab) -> None:  # type: ignor
     ("/mnt/nwb", "/mnt/nwb/sub-m1_ses-a b.nwb"),
 ])
 def test_link_prefix_replaces_the_output_folder(make_lab, prefix: str, expected: str | None) -> None:  # type: ignore[no-untyped-def]
-    from rig2nwb.outputs.notify import display_path
+    from rig2nwb.config.paths import display_path
 
     lab: Lab = make_lab(notify={"link_prefix": prefix})
     cfg = lab.config()
@@ -329,9 +331,9 @@ def test_no_targets_costs_nothing() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from rig2nwb.testing.paths import REPO
 
-    code = ("import sys; from rig2nwb.config.schema import load_config; "
+    code = ("import sys; from rig2nwb.config.loading import load_config; "
             "from rig2nwb.outputs.notify import NotifyHook; "
             f"hook = NotifyHook(load_config({str(REPO / 'config.toml')!r}, check_paths=False)); "
             "print(hook.active, 'apprise' in sys.modules)")

@@ -27,13 +27,18 @@ from PIL import Image
 from rig2nwb.commands.convert import convert
 from rig2nwb.config.paths import preview_png, summary_png
 from rig2nwb.ledger.store import Ledger
-from rig2nwb.nwb.check import NOT_CHECKED, CheckRun, CheckSummary
+from rig2nwb.nwb.check import CheckRun
+from rig2nwb.nwb.checksummary import NOT_CHECKED, CheckSummary
 from rig2nwb.outputs.status import collect
 from rig2nwb.outputs.summary import build_figure, render_png, render_summary
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import write_nwb
+from rig2nwb.testing.paths import shared_fixture
 from rig2nwb.testing.simrig import MovieSpec, SimSession, SyntheticMovie
-from tests.conftest import Lab, random_frames, shared_fixture, wait_for, write_tiff
-from tests.test_suite2p_attach import attach_cli, raw_npy
-from tests.test_validation import write_nwb
+from rig2nwb.testing.suite2p_folders import raw_npy
+from rig2nwb.testing.suite2p_sessions import attach_cli
+from rig2nwb.testing.tiffs import random_frames, write_tiff
+from rig2nwb.testing.waits import wait_for
 
 SUBJECT, SESSION = "m1", "s1"
 RATE = 30.0  # scan frames per second of the twoplane fixture's config (15 Hz per plane)
@@ -177,6 +182,17 @@ def test_picture_is_made_by_the_check_child_and_recorded(twoplane: Session) -> N
     assert summary.picture == str(png) and summary.picture_error is None
     log = (twoplane.lab.state / "rig2nwb.log").read_text()
     assert '"event": "summary picture written"' in log
+
+
+def test_the_picture_names_its_rig_first(twoplane: Session) -> None:
+    from rig2nwb.outputs.summary import draw_summary
+    from rig2nwb.outputs.summarydata import read_summary
+
+    data = read_summary(twoplane.nwb)
+    data.rig = "rig7"
+    headline = draw_summary(data).texts[0].get_text()
+    assert headline.startswith("rig7: ") and "rig7" not in build_figure(twoplane.nwb).texts[
+        0].get_text()
 
 
 @pytest.mark.parametrize("plane", [0, 1])
@@ -427,8 +443,9 @@ class Started:
 
 
 def test_preview_while_acquiring_then_replaced_by_the_summary(tmp_path: Path) -> None:
-    from rig2nwb.logs import setup_from_config
-    from rig2nwb.service.loop import Service, default_hooks
+    from rig2nwb.config.logsetup import setup_from_config
+    from rig2nwb.service.hooks import default_hooks
+    from rig2nwb.service.loop import Service
 
     lab = Lab(tmp_path, status={"preview_interval_seconds": 0.2, "preview_frames": 20,
                                 "summary_picture": True},

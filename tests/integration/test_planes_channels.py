@@ -21,16 +21,11 @@ import tifffile
 
 from rig2nwb.engine.engine import Engine
 from rig2nwb.rig.scanimage import read_scanimage
-from tests.conftest import (
-    Lab,
-    finished,
-    nwb_frames,
-    nwb_timestamps,
-    random_frames,
-    run_service,
-    tiff_pages,
-)
-from tests.figures import record
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames, nwb_timestamps
+from rig2nwb.testing.services import finished, run_service
+from rig2nwb.testing.tiffs import random_frames, tiff_pages
 
 SHAPE = (16, 24)
 DANDI_SUBJECT = {"age": "P90D", "sex": "F"}  # so that nwbinspector's DANDI config has no CRITICAL
@@ -91,8 +86,8 @@ def reported(row: dict[str, Any]) -> list[str]:
 
 def severities(lab: Lab) -> dict[str, str]:
     """Active problem message -> severity, read from the ledger (status --json lists messages)."""
+    from rig2nwb.config.paths import ledger_path
     from rig2nwb.ledger.store import Ledger
-    from rig2nwb.service.loop import ledger_path
 
     ledger = Ledger(ledger_path(lab.config()), readonly=True)
     try:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Lab, random_frames, wait_for
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.tiffs import random_frames
+from rig2nwb.testing.waits import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 from rig2nwb.nwb.filters import BUILT_IN
-from tests.conftest import REPO, Lab, random_frames, tiff_pages, write_tiff
-from tests.suite2p_tools import make_synthetic_folder, np_item, save_dict
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.paths import REPO
+from rig2nwb.testing.suite2p_folders import make_synthetic_folder, np_item, save_dict
+from rig2nwb.testing.tiffs import random_frames, tiff_pages, write_tiff
 
 READERS = REPO / "tests" / "readers"
 SERIES = "acquisition/TwoPhotonSeries/data"
@@ -39,7 +41,7 @@ def default_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     base = tmp_path_factory.mktemp("defaults")
     lab = Lab(base, rig={"scan_file": "", "trial_file": ""})
     lab.sections["output"].pop("compression")  # the default pipeline, not the tests' "none"
-    from tests.conftest import write_config
+    from rig2nwb.testing.configs import write_config
 
     write_config(lab.config_path, lab.sections)
     rng = np.random.default_rng(3)
@@ -147,7 +149,7 @@ def test_every_dataset_uses_built_in_filters_only(tmp_path: Path) -> None:
                              "trial_file": ""},
               imaging={"planes": 2, "channels": 2}, suite2p={"settle_seconds": 0})
     lab.sections["output"].pop("compression")
-    from tests.conftest import write_config
+    from rig2nwb.testing.configs import write_config
 
     write_config(lab.config_path, lab.sections)
     shape = (24, 32)

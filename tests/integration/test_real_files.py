@@ -28,16 +28,12 @@ import hdf5plugin  # noqa: F401  (Blosc filter: imported before h5py / pynwb ope
 import numpy as np
 import pytest
 
-from tests.conftest import (
-    Lab,
-    nwb_frames,
-    nwb_timestamps,
-    sha256,
-    shared_fixture,
-    tiff_pages,
-    tree_checksums,
-)
-from tests.test_scanimage import Raw
+from rig2nwb.testing.filetrees import sha256, tree_checksums
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames, nwb_timestamps
+from rig2nwb.testing.paths import shared_fixture
+from rig2nwb.testing.scanimage_raw import Raw
+from rig2nwb.testing.tiffs import tiff_pages
 
 TIMEZONE = "America/New_York"
 SUBJECT = "fixture"

@@ -24,7 +24,8 @@ import hdf5plugin  # noqa: F401  (reads the original blosc file)
 import numpy as np
 import pytest
 
-from tests.conftest import Lab, random_frames, tiff_pages, write_tiff
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.tiffs import random_frames, tiff_pages, write_tiff
 
 SERIES = "acquisition/TwoPhotonSeries/data"
 

@@ -8,8 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import Lab, nwb_frames, nwb_timestamps, random_frames
-from tests.figures import record
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames, nwb_timestamps
+from rig2nwb.testing.tiffs import random_frames
 
 N = 18  # frames: 10 + 8
 

@@ -3,26 +3,18 @@ and against the suite2p arrays as numpy itself loads them (never against rig2nwb
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 
-from rig2nwb.commands.convert import convert
-from tests.conftest import Lab, nwb_timestamps, shared_fixture
-
-SUBJECT, SESSION = "m1", "s1"
-
-
-def raw_npy(path: Path) -> Any:
-    """numpy's own loader: the independent expectation (the fixtures are trusted files)."""
-    arr = np.load(path, allow_pickle=True)
-    return arr.item() if arr.dtype == object and arr.ndim == 0 else arr
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_timestamps
+from rig2nwb.testing.suite2p_folders import raw_npy
+from rig2nwb.testing.suite2p_sessions import SESSION, SUBJECT, attach_cli, make_session
 
 
 @dataclass
@@ -32,29 +24,6 @@ class Attached:
     s2p: Path  # the suite2p folder the daemon reads (a copy of the fixture's)
     nwb: Path
     attach_out: str
-
-
-def make_session(base: Path, name: str, compression: str = "none",
-                 **imaging: Any) -> tuple[Lab, Path, Path]:
-    """A rig folder holding one fixture's raw TIFFs and a copy of its suite2p output,
-    converted to NWB (not yet attached)."""
-    fixture = shared_fixture("suite2p", name)
-    lab = Lab(base, rig={"frames": "{subject}/{session}/*.tif", "scan_file": "", "trial_file": ""},
-              imaging={"frame_rate": 30.0, **imaging}, suite2p={"settle_seconds": 0},
-              output={"compression": compression})
-    folder = lab.root / SUBJECT / SESSION
-    folder.mkdir(parents=True)
-    for tif in sorted((fixture / "raw").glob("*.tif")):
-        shutil.copy2(tif, folder / tif.name)
-    result = convert(lab.config(), folder, progress=False)
-    assert result.ok, result.message
-    s2p = folder / "suite2p"
-    shutil.copytree(fixture / "suite2p", s2p)
-    return lab, fixture, s2p
-
-
-def attach_cli(lab: Lab) -> Any:
-    return lab.run_cli("attach", str(lab.root / SUBJECT / SESSION))
 
 
 # Uncompressed, and gzip: gzip traces are created empty by hdmf and filled with chunks compressed

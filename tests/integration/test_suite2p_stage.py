@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 
 from rig2nwb.ledger.store import Ledger
-from tests.conftest import Lab, run_service, tree_checksums
-from tests.figures import record
-from tests.test_suite2p_attach import SESSION, SUBJECT, attach_cli, make_session, raw_npy
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.filetrees import tree_checksums
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.services import run_service
+from rig2nwb.testing.suite2p_folders import raw_npy
+from rig2nwb.testing.suite2p_sessions import SESSION, SUBJECT, attach_cli, make_session
 
 
 def ledger_row(lab: Lab) -> Any:
@@ -171,7 +174,7 @@ def test_service_attaches_when_complete_and_replaces_after_recuration(tmp_path: 
     for name in ("F.npy", "Fneu.npy", "spks.npy"):
         (s2p / "plane1" / name).unlink()
     lab.sections["suite2p"].update(interval_seconds=0.3, settle_seconds=0)
-    from tests.conftest import write_config
+    from rig2nwb.testing.configs import write_config
     write_config(lab.config_path, lab.sections)
     rig_before = tree_checksums(lab.root)
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rig2nwb.config.schema import ConfigError, load_config
-from tests.conftest import REPO, write_config
+from rig2nwb.config.loading import load_config
+from rig2nwb.errors import ConfigError
+from rig2nwb.testing.configs import write_config
+from rig2nwb.testing.paths import REPO
 
 
 def _problems(path: Path) -> list[str]:

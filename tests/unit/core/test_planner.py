@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rig2nwb.core.patterns import Pattern, is_safe_name, run_position
+from rig2nwb.core.names import is_safe_name
+from rig2nwb.core.patterns import Pattern
 from rig2nwb.core.planner import FileFacts, Rules, SessionFacts, plan_session
+from rig2nwb.core.runorder import run_position
 
 RULES = Rules(signals=frozenset({"next_file", "marker", "close_write", "stable"}),
               settle_seconds=5, session_idle_seconds=300, require_lab_files=True,
@@ -151,3 +153,19 @@ def test_session_end_completes_the_last_file_without_other_signals() -> None:
 def test_partly_appended_file_resumes_first() -> None:
     facts = sf(ff("f_00001.tif", state="appending", quiet=0), ff("f_00002.tif", quiet=0))
     assert plan_session(facts, RULES)[0].kind == "inspect"
+
+
+def test_a_file_that_failed_for_a_passing_reason_holds_finalizing() -> None:
+    """Found by test_unreadable_tiff_is_reported_then_appended_once_readable: the lab fixed a
+    permission and copied the lab files in the same second, and the session finished without
+    the file. Now a file that failed for a passing reason and is still there holds finalizing
+    back until it reads (or goes)."""
+    good = ff("f_00001.tif", state="committed")
+    unreadable = replace(ff("f_00002.tif", state="failed"), retrying=True)
+    held = plan_session(sf(good, unreadable, lab=True, idle=400), RULES)
+    assert kinds(held) == [("wait", "f_00002.tif")]
+    bad_for_good = ff("f_00002.tif", state="failed")  # a damaged file: nothing will change it
+    assert kinds(plan_session(sf(good, bad_for_good, lab=True, idle=400), RULES)) == [
+        ("finalize", "")]
+    gone = replace(unreadable, present=False)  # removed: nothing to wait for
+    assert kinds(plan_session(sf(good, gone, lab=True, idle=400), RULES)) == [("finalize", "")]

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,29 +18,12 @@ import pytest
 
 from rig2nwb.engine.engine import Engine
 from rig2nwb.ledger.store import Ledger
-from tests.conftest import (
-    Lab,
-    append_pages,
-    finished,
-    nwb_frames,
-    random_frames,
-    run_service,
-    write_tiff,
-)
-
-
-def engine_for(lab: Lab) -> Engine:
-    cfg = lab.config()
-    return Engine(cfg, Ledger(lab.state / "ledger.sqlite"))
-
-
-def drive(engine: Engine, steps: int = 30, pause: float = 0.05) -> None:
-    """What the service loop does, without the watcher: scan, re-stat, plan and act."""
-    for _ in range(steps):
-        engine.full_scan()
-        engine.restat_pending()
-        engine.step()
-        time.sleep(pause)
+from rig2nwb.testing.engines import drive, engine_for
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.nwbfiles import nwb_frames
+from rig2nwb.testing.paths import REPO
+from rig2nwb.testing.services import finished, run_service
+from rig2nwb.testing.tiffs import append_pages, random_frames, write_tiff
 
 
 def problems(engine: Engine) -> list[str]:
@@ -150,7 +132,7 @@ def test_missing_nwb_file_is_rebuilt_and_said_so(fast_lab: Lab) -> None:
 def test_tiff_deleted_while_being_read_rolls_back_cleanly(fast_lab: Lab,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker must not mistake a vanished source for a failed NWB write."""
-    import rig2nwb.engine.engine as engine_mod
+    import rig2nwb.engine.appending as engine_mod
 
     doomed, keep = random_frames(20, seed=1), random_frames(5, seed=2)
     path = fast_lab.tiff("run_00001.tif", doomed)
@@ -187,14 +169,14 @@ def test_read_only_nwb_is_not_mistaken_for_a_damaged_one(fast_lab: Lab) -> None:
     if prefix and shutil.which("setpriv") is None:
         pytest.skip("root without setpriv")
     script = (
-        "import time, sys; from tests.test_engine_edge_cases import engine_for, drive;"
-        "from tests.conftest import Lab; from pathlib import Path;"
+        "import time, sys; from rig2nwb.testing.engines import engine_for, drive;"
+        "from rig2nwb.testing.labs import Lab; from pathlib import Path;"
         f"lab = Lab.__new__(Lab); lab.config_path = Path({str(fast_lab.config_path)!r});"
         f"lab.state = Path({str(fast_lab.state)!r});"
         "e = engine_for(lab); e.recover(); drive(e, 10); e.ledger.close()"
     )
     proc = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+                          timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in fast_lab.out.iterdir()) == [fast_lab.nwb().name]  # not set aside
     led = Ledger(fast_lab.state / "ledger.sqlite")

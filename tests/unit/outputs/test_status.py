@@ -21,25 +21,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
-from xml.etree import ElementTree
+from zoneinfo import ZoneInfo
 
-import html5lib
 import numpy as np
 import pytest
 
-from rig2nwb.config.paths import preview_png, status_html, status_json, summary_png
+from rig2nwb.config.paths import ledger_path, preview_png, status_html, status_json, summary_png
 from rig2nwb.core.pagelayout import PageLayout
 from rig2nwb.ledger.store import Ledger
-from rig2nwb.nwb.check import CheckSummary
+from rig2nwb.nwb.checksummary import CheckSummary
 from rig2nwb.outputs.page import StatusPageHook, write_page
 from rig2nwb.outputs.status import collect, history, render_table, sort_rows
-from rig2nwb.service.loop import ledger_path
-from rig2nwb.testing.simrig import MovieSpec, SimSession
-from tests.conftest import Lab, finished, run_service
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.status_pages import XHTML, parse_page, session_rows, text_of
 
 EVIL = '<script>alert(1)</script> & "x"'
 RIG_WIDE = "rig folder /data/rig1 is unreachable (share unmounted?)"
-XHTML = "{http://www.w3.org/1999/xhtml}"
 
 
 @dataclass
@@ -251,10 +248,10 @@ def test_table_shows_each_value_in_its_column(filled: Filler) -> None:
         shown = e.errors or tuple(f"warning: {w}" for w in e.warnings)
         assert cell(line, "LAST PROBLEM") == (shown[-1][:87] + "..." if shown and len(shown[-1]) > 90
                                               else (shown[-1] if shown else "")), name
-    # UTC unless a zone is given: acq1 was last updated at t0 + 100
-    assert cell(body["acq1"], "UPDATED") == "2026-09-21 12:01:40"
+    # UTC unless a zone is given, always with its offset: acq1 was last updated at t0 + 100
+    assert cell(body["acq1"], "UPDATED") == "2026-09-21 12:01:40+00:00"
     berlin = render_table(rows, [RIG_WIDE], filled.cfg.tz)
-    assert "2026-09-21 14:01:40" in berlin  # CEST is UTC+2
+    assert "2026-09-21 14:01:40+02:00" in berlin  # CEST is UTC+2
     # active sessions first, newest update first; then finished, newest first
     order = [cell(line, "SESSION") for line in lines[1:len(filled.expect) + 1]]
     assert order == ["acq1", "paused1", "waiting1", "bad1", "ok1", "pend1", "s2p_stale",
@@ -313,7 +310,8 @@ def test_history_has_timings_from_the_ledger(lab: Lab) -> None:
     out = proc.stdout
     assert "timings:" in out and "check took" in out and "1.75 s" in out
     assert "suite2p attach took" in out and "4.25 s" in out
-    assert f"finished              {t['finished']}" in out
+    shown = datetime.fromisoformat(t["finished"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert f"finished              {shown.isoformat(sep=' ')}" in out  # the lab's zone
     assert "x_00001.tif" in out and "x_00002.tif" in out
     js = json.loads(lab.run_cli("status", "s1", "--json", timeout=120).stdout)
     assert js[0]["timings"]["check_seconds"] == 1.75
@@ -334,26 +332,6 @@ def test_cli_table_and_json(filled: Filler) -> None:
 
 
 # --- the status page --------------------------------------------------------------------------
-
-def parse_page(path: Path) -> ElementTree.Element:
-    """Strict HTML5 parse: any parse error (bad nesting, stray tags, bad entities) raises."""
-    parser = html5lib.HTMLParser(strict=True, namespaceHTMLElements=True)
-    return parser.parse(path.read_bytes(), transport_encoding="utf-8")
-
-
-def text_of(el: ElementTree.Element) -> str:
-    return " ".join("".join(el.itertext()).split())
-
-
-def session_rows(doc: ElementTree.Element) -> dict[str, ElementTree.Element]:
-    rows = doc.findall(f".//{XHTML}tbody/{XHTML}tr")
-    out = {}
-    for tr in rows:
-        name = tr.find(f".//{XHTML}div[@class='name']")
-        assert name is not None
-        out[text_of(name).split(" / ", 1)[1].removesuffix(" site1")] = tr
-    return out
-
 
 def add_pictures(filled: Filler) -> dict[str, Path]:
     cfg = filled.cfg
@@ -531,7 +509,7 @@ def test_hook_writes_on_change_at_most_every_interval(make_lab) -> None:  # type
 
 
 def test_hook_logs_one_error_when_the_folder_is_gone_and_recovers(make_lab) -> None:  # type: ignore[no-untyped-def]
-    from rig2nwb.logs import setup_from_config
+    from rig2nwb.config.logsetup import setup_from_config
 
     lab = make_lab(status={"page_interval_seconds": 0.0})
     f = Filler(lab)
@@ -579,33 +557,6 @@ def test_rewrite_time_with_200_sessions(lab: Lab) -> None:
     print(f"\nstatus page rewrite, 200 sessions x 20 files: median {np.median(times) * 1000:.1f} ms, "
           f"min {min(times) * 1000:.1f} ms, {status_html(f.cfg).stat().st_size / 1000:.0f} KB")
     f.ledger.close()
-
-
-# --- a real daemon run ------------------------------------------------------------------------
-
-def test_daemon_run_leaves_a_page_showing_the_session_finished(make_lab) -> None:  # type: ignore[no-untyped-def]
-    lab: Lab = make_lab(imaging={"frame_rate": 20.0})
-    folder = lab.session_dir()
-    sim = SimSession(
-        tiff_paths=[folder / f"s1_{i:05d}.tif" for i in range(1, 3)], frames_per_file=12,
-        movie=MovieSpec(shape=(32, 40), rate=20.0, n_cells=3, seed=3),
-        scan_path=lab.root / "m1/txt/s1_scan.txt", trial_path=lab.root / "m1/txt/s1_trial.txt",
-        realtime=False)
-    sim.write()
-    run_service(lab, finished("s1"), timeout=90)
-    cfg = lab.config()
-    data = json.loads(status_json(cfg).read_text(encoding="utf-8"))
-    assert data["daemon"] == "stopped"
-    [row] = data["sessions"]
-    assert (row["subject"], row["session"], row["state"]) == ("m1", "s1", "finished")
-    assert row["frames"] == 24 and row["nwb_path"] == str(lab.nwb())
-    assert row["rate_hz"] == pytest.approx(20.0)  # plain TIFFs: imaging.frame_rate
-    doc = parse_page(status_html(cfg))
-    rows = session_rows(doc)
-    assert set(rows) == {"s1"} and "finished" in text_of(rows["s1"])
-    for el in rows["s1"].iter(f"{XHTML}img"):  # whatever picture the daemon made, it exists
-        assert (status_html(cfg).parent / unquote(urlsplit(el.get("src") or "").path)).is_file()
-    assert "24" in text_of(rows["s1"])
 
 
 # --- a real browser ---------------------------------------------------------------------------

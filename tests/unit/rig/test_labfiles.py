@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from rig2nwb.config.schema import ScanConfig, TrialsConfig
-from rig2nwb.rig.labfiles import LabFileProblem, read_scan_file, read_trial_file
+from rig2nwb.errors import LabFileProblem
+from rig2nwb.rig.labfiles import read_scan_file, read_trial_file
+from rig2nwb.testing.figures import record
 from rig2nwb.testing.simrig import write_scan_file, write_trial_file
-from tests.figures import record
 
 SCAN = ScanConfig()
 TRIALS = TrialsConfig()  # the seed lab: stim_on ms, stim_dur ms, -, sf, -, dir
@@ -106,7 +107,8 @@ def test_unreadable_file_is_a_lab_file_problem(tmp_path: Path) -> None:
 
 
 def test_trial_columns_are_validated_in_the_config(tmp_path: Path) -> None:
-    from rig2nwb.config.schema import ConfigError, validate_config
+    from rig2nwb.config.loading import validate_config
+    from rig2nwb.errors import ConfigError
 
     raw = {"rig": {"root": str(tmp_path)}, "output": {"folder": str(tmp_path)},
            "state": {"folder": str(tmp_path / "st")},

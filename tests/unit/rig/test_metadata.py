@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from rig2nwb.commands.cli import main
+from rig2nwb.errors import MetadataProblem
 from rig2nwb.rig.sidecars import (
     SIDECAR_NAME,
-    MetadataProblem,
     SessionMetadata,
     config_metadata,
     dandi_advice,
@@ -28,7 +28,8 @@ from rig2nwb.rig.sidecars import (
     sidecar_paths,
     sidecar_stamp,
 )
-from tests.conftest import REPO, Lab
+from rig2nwb.testing.labs import Lab
+from rig2nwb.testing.paths import REPO
 
 GOOD_SUBJECT = {"species": "Mus musculus", "sex": "F", "age": "P90D"}
 
@@ -310,8 +311,9 @@ def test_unreadable_sidecar(make_lab: Callable[..., Lab]) -> None:
         path.chmod(0o000)
         code = textwrap.dedent(f"""
             from pathlib import Path
-            from rig2nwb.config.schema import load_config
-            from rig2nwb.rig.sidecars import MetadataProblem, load_metadata
+            from rig2nwb.config.loading import load_config
+            from rig2nwb.rig.sidecars import load_metadata
+            from rig2nwb.errors import MetadataProblem
             try:
                 load_metadata(load_config({str(lab.config_path)!r}, check_paths=False),
                               Path({str(folder)!r}))

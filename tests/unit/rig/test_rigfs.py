@@ -16,18 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig2nwb.config.schema import _collision_warnings, parse_toml, toml_nesting
-from rig2nwb.core.patterns import is_safe_name, printable
-from rig2nwb.rig.safeopen import (
-    FileId,
-    FolderFilter,
-    UnsafeRigPath,
-    list_rig_dir,
-    open_rig_file,
-    walk_rig,
-)
-from rig2nwb.suite2p.safepickle import MAX_DEPTH, NpyError, load_npy, structure_problem
-from tests.conftest import remove_deep
+from rig2nwb.config.loading import _collision_warnings, parse_toml, toml_nesting
+from rig2nwb.core.names import is_safe_name, printable
+from rig2nwb.errors import NpyError, UnsafeRigPath
+from rig2nwb.rig.safeopen import FileId, FolderFilter, list_rig_dir, open_rig_file, walk_rig
+from rig2nwb.suite2p.safepickle import MAX_DEPTH, load_npy, structure_problem
+from rig2nwb.testing.filetrees import remove_deep
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and FIFOs")
 

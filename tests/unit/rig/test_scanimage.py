@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from rig2nwb.errors import TiffProblem
 from rig2nwb.rig.scanimage import ScanImageInfo, frame_numbers, frame_timestamps, read_scanimage
-from rig2nwb.rig.tiffs import TiffProblem
-from tests.conftest import shared_fixture
+from rig2nwb.testing.paths import shared_fixture
+from rig2nwb.testing.scanimage_raw import Raw
 
 MULTI = "volumetric_single_channel_multi_file"
 MULTI_FILES = [f"{MULTI}/vol_one_ch_multi_files_00001_{i:05d}.tif" for i in range(1, 11)]
@@ -27,37 +28,6 @@ NOROI = "scanimage_20220923_noroi.tif"
 SI38 = "sample_scanimage_version_3_8.tiff"
 SI38_EXT = "si38_external_trigger/Blank-IPA_1s_16r_032.tif"
 ALL = [*MULTI_FILES, NO_FLYBACK, NOROI, SI38, SI38_EXT]
-
-
-class Raw:
-    """The fixture as tifffile reads it, with no help from rig2nwb."""
-
-    def __init__(self, path: Path) -> None:
-        with tifffile.TiffFile(path) as tf:
-            self.pages = len(tf.pages)
-            self.shape = tuple(tf.pages.first.shape)
-            self.software = tf.pages.first.software
-            self.descriptions = [p.description for p in tf.pages if isinstance(p, tifffile.TiffPage)]
-        self.si3 = self.descriptions[0].startswith("state.")
-        # ScanImage 3 separates its lines with '\r': normalise so that '^'/'$' work per line
-        self.header = (self.descriptions[0] if self.si3 else self.software).replace("\r", "\n")
-
-    def value(self, key: str) -> str:
-        sep = "=" if self.si3 else " = "
-        m = re.search(rf"^{re.escape(key + sep)}(.*)$", self.header, re.MULTILINE)
-        assert m, f"{key} not in the raw header"
-        return m.group(1).strip()
-
-    def numbers(self, key: str) -> list[float]:
-        return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", self.value(key))]
-
-    def per_page(self, key: str) -> list[float]:
-        out = []
-        for d in self.descriptions:
-            m = re.search(rf"^{key} = (\S+)$", d, re.MULTILINE)
-            assert m, f"{key} missing from a page"
-            out.append(float(m.group(1)))
-        return out
 
 
 def fixture(rel: str) -> Path:

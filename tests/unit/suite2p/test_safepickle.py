@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rig2nwb.suite2p.safepickle import NpyError, UnsafePickle, load_npy
-from tests.conftest import REPO, shared_fixture
-from tests.figures import record
-from tests.suite2p_tools import object_array_pickle, write_malicious_npy
+from rig2nwb.errors import NpyError, UnsafePickle
+from rig2nwb.suite2p.safepickle import load_npy
+from rig2nwb.testing.figures import record
+from rig2nwb.testing.paths import REPO, shared_fixture
+from rig2nwb.testing.suite2p_folders import object_array_pickle, write_malicious_npy
 
 # --- comparing loaded values with numpy's ------------------------------------------------------
 
@@ -413,9 +414,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_module_never_imports_suite2p() -> None:
-    source = (REPO / "daemon" / "rig2nwb" / "safepickle.py").read_text()
+    source = (REPO / "daemon" / "rig2nwb" / "suite2p" / "safepickle.py").read_text()
     assert "import suite2p" not in source
-    child = subprocess.run([sys.executable, "-c", "import sys, rig2nwb.suite2p.safepickle, rig2nwb.suite2p.folder; "
+    child = subprocess.run([sys.executable, "-c", "import sys, rig2nwb.suite2p.safepickle, "
+                                                  "rig2nwb.suite2p.folder; "
                                                   "print('suite2p' in sys.modules)"],
                            capture_output=True, text=True, timeout=60, check=True)
     assert child.stdout.strip() == "False"

@@ -20,18 +20,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rig2nwb.suite2p.folder import (
+from rig2nwb.errors import Suite2pProblem
+from rig2nwb.suite2p.folder import Suite2pPlane, load_plane
+from rig2nwb.suite2p.listing import (
     OPS_SETS,
     REQUIRED_FILES,
-    Suite2pPlane,
-    Suite2pProblem,
     find_planes,
     fingerprint,
-    load_plane,
     missing_files,
 )
-from tests.conftest import shared_fixture
-from tests.suite2p_tools import (
+from rig2nwb.testing.paths import shared_fixture
+from rig2nwb.testing.suite2p_folders import (
     ELSEWHERE,
     make_014_folder,
     make_synthetic_folder,
