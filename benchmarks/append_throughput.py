@@ -15,166 +15,46 @@ did not match the TIFFs. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
-import numpy.typing as npt
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 import tifffile
 
-from childrun import Measured, measure
+from benchmarks.kit.childrun import Measured, failure_text, last_lines, measure
+from benchmarks.kit.configs import write_config
+from benchmarks.kit.daemonlog import DaemonLog, one_line, read_json_lines
+from benchmarks.kit.frames import (
+    SERIES_DATA,
+    Dataset,
+    FrameSource,
+    cache_note,
+    child_timeout,
+    session_folder,
+    verify,
+    write_dataset,
+)
+from benchmarks.kit.h5append import run_limit
+from benchmarks.kit.latency import Latency, RigFile, completion_signals
+from benchmarks.kit.machine import environment_lines
+from benchmarks.kit.paths import make_workdir
+from benchmarks.kit.report import fmt, say
 
-FRAME_SHAPE = (512, 512)
-DTYPE = np.dtype(np.int16)
-FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1] * DTYPE.itemsize
-FRAMES_PER_FILE = 1000  # ~524 MB per TIFF
-BLOCK_FRAMES = 100  # also the read/append batch of both methods (rig2nwb's default batch_frames)
-SUBJECT = "mouse01"
-SITE = "site1"
-SERIES_DATA = "acquisition/TwoPhotonSeries/data"
+MODULE = "benchmarks.append_throughput"
+WRITER = "append_throughput.py"  # named in the configs it writes
 COMPRESSIONS = ("none", "gzip", "lzf", "blosc-lz4", "blosc-zstd")
-H5PY_CHILD = "_h5py-append"  # hidden subcommand: the h5py baseline runs in its own process
 RSS_GOAL_MB = 300.0
 RATIO_GOAL = 0.8
 LATENCY_GOAL_S = 2.0
-
-Frames = npt.NDArray[np.int16]
-
-# --- synthetic data ---------------------------------------------------------------------------
-
-
-class FrameSource:
-    """Synthetic two-photon frames: a smooth vignetted background, a few cells that flash now
-    and then, and Poisson-like shot noise (which is what limits compression on real data).
-
-    Noise is the costly part, so only ``n_blocks`` distinct blocks of BLOCK_FRAMES frames are
-    generated; block ``b`` of a session is distinct block ``b % n_blocks`` plus a small offset
-    ``b % 97``, so no two blocks of a session are bit-identical (a misplaced block would fail
-    verification) and a 4 GB session never sits in RAM.
-    """
-
-    def __init__(self, seed: int, n_blocks: int = 4, n_cells: int = 30, gain: float = 2.0) -> None:
-        rng = np.random.default_rng(seed)
-        rows, cols = FRAME_SHAPE
-        rr, cc = np.mgrid[0:rows, 0:cols].astype(np.float32)
-        vignette = 1.0 - 0.3 * (((rr - rows / 2) / rows) ** 2 + ((cc - cols / 2) / cols) ** 2)
-        self._background = (400.0 * vignette).astype(np.float32)
-        centers = rng.uniform(40, min(rows, cols) - 40, (n_cells, 2)).astype(np.float32)
-        dist2 = ((rr[None] - centers[:, 0, None, None]) ** 2
-                 + (cc[None] - centers[:, 1, None, None]) ** 2)
-        self._footprints = np.exp(-dist2 / (2 * 6.0**2)).astype(np.float32).reshape(n_cells, -1)
-        self._gain = gain
-        self.blocks = [self._make_block(rng) for _ in range(n_blocks)]
-
-    def _make_block(self, rng: np.random.Generator) -> Frames:
-        rows, cols = FRAME_SHAPE
-        n_cells = self._footprints.shape[0]
-        out = np.empty((BLOCK_FRAMES, rows, cols), dtype=DTYPE)
-        for a in range(0, BLOCK_FRAMES, 10):  # 10 frames at a time keeps float temporaries small
-            b = min(BLOCK_FRAMES, a + 10)
-            active = rng.random((b - a, n_cells)) < 0.1
-            amp = (rng.exponential(300.0, (b - a, n_cells)) * active).astype(np.float32)
-            signal_ = self._background + (amp @ self._footprints).reshape(b - a, rows, cols)
-            noise = rng.standard_normal(signal_.shape, dtype=np.float32)
-            noisy = signal_ + noise * np.sqrt(self._gain * signal_)  # shot noise ~ sqrt(signal)
-            out[a:b] = np.clip(noisy, -32768, 32767).astype(DTYPE)
-        return out
-
-    def block(self, b: int) -> Frames:
-        return self.blocks[b % len(self.blocks)] + DTYPE.type(b % 97)
-
-    def frame(self, g: int) -> Frames:
-        b, i = divmod(g, BLOCK_FRAMES)
-        frame: Frames = self.blocks[b % len(self.blocks)][i] + DTYPE.type(b % 97)
-        return frame
-
-
-@dataclass(frozen=True)
-class Dataset:
-    label: str  # "1 GB"
-    session: str
-    folder: Path
-    tiffs: tuple[Path, ...]
-    frames: int
-
-    @property
-    def raw_bytes(self) -> int:
-        return self.frames * FRAME_BYTES
-
-
-def session_folder(rig_root: Path, session: str) -> Path:
-    """The default rig layout: {subject}/tif/{site}/{session}/*.tif."""
-    return rig_root / SUBJECT / "tif" / SITE / session
-
-
-def write_dataset(rig_root: Path, gb: float, source: FrameSource) -> Dataset:
-    """Write ``gb`` GB (1e9 bytes) of frames as TIFFs of FRAMES_PER_FILE pages, one page a frame."""
-    frames = max(1, round(gb * 1e9 / FRAME_BYTES))
-    session = f"bench_{gb:g}gb".replace(".", "p")
-    folder = session_folder(rig_root, session)
-    folder.mkdir(parents=True)
-    tiffs: list[Path] = []
-    # FRAMES_PER_FILE is a multiple of BLOCK_FRAMES, so every file starts on a block boundary.
-    for i, start in enumerate(range(0, frames, FRAMES_PER_FILE)):
-        path = folder / f"{session}_{i + 1:05d}.tif"
-        stop = min(frames, start + FRAMES_PER_FILE)
-        with tifffile.TiffWriter(path) as tw:
-            for a in range(start, stop, BLOCK_FRAMES):
-                for frame in source.block(a // BLOCK_FRAMES)[: stop - a]:
-                    tw.write(frame, contiguous=False, photometric="minisblack")
-        tiffs.append(path)
-    return Dataset(f"{gb:g} GB", session, folder, tuple(tiffs), frames)
-
-
-def tiff_page(ds: Dataset, g: int) -> Frames:
-    path = ds.tiffs[g // FRAMES_PER_FILE]
-    with tifffile.TiffFile(path) as tf:
-        page: Frames = tf.pages[g % FRAMES_PER_FILE].asarray()
-    return page
-
-
-# --- measuring child processes ----------------------------------------------------------------
-
-
-def child_timeout(ds: Dataset, compression: str = "none") -> float:
-    # Generous: only a hung child should ever reach it (gzip-1 runs at ~60 MB/s on 2 cores).
-    floor_mbps = 10.0 if compression == "gzip" else 40.0
-    return 120.0 + ds.raw_bytes / 1e6 / floor_mbps
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    if not path.exists():
-        return records
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
-
-
-def last_lines(path: Path, n: int = 3) -> str:
-    if not path.exists():
-        return ""
-    lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    return " | ".join(lines[-n:])
-
 
 # --- the two methods ----------------------------------------------------------------------------
 
@@ -204,109 +84,10 @@ class RunResult:
         return self.raw_bytes / 1e6 / self.loop_seconds
 
 
-def h5py_append(out: Path, tiffs: Sequence[Path], batch: int, gzip_level: int | None = None) -> float:
-    """The practical limit: TIFF pages in batches to a one-frame-chunked dataset (uncompressed,
-    or HDF5's own gzip at ``gzip_level``), flushed per batch and fsynced per file (rig2nwb's
-    durability points). Returns loop seconds."""
-    import h5py
-
-    with tifffile.TiffFile(tiffs[0]) as tf:
-        shape, dtype = tf.pages.first.shape, tf.pages.first.dtype
-    t0 = time.perf_counter()
-    n = 0
-    with h5py.File(out, "w") as f:
-        gzip = {} if gzip_level is None else {"compression": "gzip",
-                                               "compression_opts": gzip_level}
-        data = f.create_dataset("data", shape=(0, *shape), maxshape=(None, *shape),
-                                chunks=(1, *shape), dtype=dtype, **gzip)
-        for path in tiffs:
-            with tifffile.TiffFile(path) as tf:
-                # The same reading mode as rig2nwb's read_batches, so only the writing differs.
-                tf.pages.cache = False
-                tf.pages.useframes = True
-                pages = len(tf.pages)
-                for a in range(0, pages, batch):
-                    b = min(pages, a + batch)
-                    frames = tf.asarray(key=range(a, b), maxworkers=1).reshape(b - a, *shape)
-                    data.resize(n + b - a, axis=0)
-                    data[n:n + b - a] = frames
-                    n += b - a
-                    f.flush()
-            os.fsync(f.id.get_vfd_handle())
-    return time.perf_counter() - t0
-
-
-def h5py_child(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"append_throughput.py {H5PY_CHILD}")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--result", type=Path, required=True)
-    p.add_argument("--batch", type=int, default=BLOCK_FRAMES)
-    p.add_argument("tiffs", type=Path, nargs="+")
-    args = p.parse_args(argv)
-    seconds = h5py_append(args.out, args.tiffs, args.batch)
-    args.result.write_text(json.dumps({"loop_seconds": seconds}))
-    return 0
-
-
-def verify(path: Path, dataset: str, ds: Dataset) -> str:
-    """Cheap correctness check: shape, and the first, middle and last frame against the TIFFs."""
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the Blosc filter; without it reads fail)
-
-    try:
-        with h5py.File(path, "r") as f:
-            data = f[dataset]
-            if tuple(data.shape) != (ds.frames, *FRAME_SHAPE):
-                return f"MISMATCH shape {tuple(data.shape)}"
-            for g in sorted({0, ds.frames // 2, ds.frames - 1}):
-                if not np.array_equal(data[g], tiff_page(ds, g)):
-                    return f"MISMATCH frame {g}"
-    except (OSError, KeyError) as exc:
-        return f"MISMATCH ({exc})"
-    return "OK"
-
-
 def run_h5py(ds: Dataset, run_dir: Path, keep: bool) -> RunResult:
-    run_dir.mkdir(parents=True)
-    out = run_dir / "append.h5"
-    loop = run_dir / "loop.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), H5PY_CHILD, "--out", str(out),
-           "--result", str(loop), *map(str, ds.tiffs)]
-    m = measure(cmd, run_dir, child_timeout(ds))
-    loop_s = float(json.loads(loop.read_text())["loop_seconds"]) if loop.exists() else None
-    size = out.stat().st_size if out.exists() else None
-    check = verify(out, "data", ds) if m.rc == 0 else failure_text(m, run_dir)
-    if not keep:
-        out.unlink(missing_ok=True)
-    return RunResult(ds.label, "h5py append", m, ds.raw_bytes, loop_s, size, check)
-
-
-def write_config(path: Path, *, rig_root: Path, output: Path, state: Path, compression: str,
-                 settle: float | None = None, rescan: float | None = None,
-                 signals: Sequence[str] | None = None) -> None:
-    """A minimal rig2nwb config; everything not written here keeps rig2nwb's defaults."""
-    def q(value: object) -> str:
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-    lines = ["# Written by benchmarks/append_throughput.py", "[rig]", 'name = "bench"',
-             f"root = {q(rig_root)}", "", "[output]", f"folder = {q(output)}",
-             f"compression = {q(compression)}",
-             # The post-session file check (pynwb validator + nwbinspector, ~1-2 s in a child
-             # process after the session) is not part of the append path measured here.
-             "check_files = false", "", "[state]", f"folder = {q(state)}", "",
-             "[subject]", 'age = "P90D"', ""]
-    completion = []
-    if settle is not None:
-        completion.append(f"settle_seconds = {float(settle)!r}")
-    if signals is not None:
-        completion.append("signals = " + json.dumps(list(signals)))
-    if completion:
-        lines += ["[completion]", *completion, ""]
-    if rescan is not None:
-        lines += ["[watch]", f"rescan_seconds = {float(rescan)!r}", ""]
-    # JSON explicitly (not "auto"): the benchmark parses the log lines.
-    lines += ["[logging]", 'level = "INFO"', 'format = "json"', ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    r = run_limit(ds, run_dir, keep)
+    return RunResult(ds.label, "h5py append", r.m, ds.raw_bytes, r.loop_seconds, r.output_bytes,
+                     r.check)
 
 
 def run_convert(ds: Dataset, compression: str, rig_root: Path, run_dir: Path,
@@ -314,7 +95,7 @@ def run_convert(ds: Dataset, compression: str, rig_root: Path, run_dir: Path,
     out_dir = run_dir / "nwb"
     out_dir.mkdir(parents=True)  # output.folder must exist; a fresh ledger per run
     cfg = run_dir / "config.toml"
-    write_config(cfg, rig_root=rig_root, output=out_dir, state=run_dir / "state",
+    write_config(cfg, writer=WRITER, rig_root=rig_root, output=out_dir, state=run_dir / "state",
                  compression=compression)
     cmd = [sys.executable, "-m", "rig2nwb", "convert", str(ds.folder), "--config", str(cfg),
            "--no-progress"]
@@ -325,26 +106,13 @@ def run_convert(ds: Dataset, compression: str, rig_root: Path, run_dir: Path,
     loop_s = sum(float(r.get("seconds") or 0.0) for r in appended) if appended else None
     nwbs = sorted(out_dir.glob("*.nwb"))
     size = nwbs[0].stat().st_size if nwbs else None
-    check = verify(nwbs[0], SERIES_DATA, ds) if m.rc == 0 and nwbs else failure_text(m, run_dir)
+    check = verify(nwbs[0], SERIES_DATA, ds) if m.rc == 0 and nwbs else failure_text(m, run_dir, tail=2)
     if not keep:
         shutil.rmtree(out_dir, ignore_errors=True)
     return RunResult(ds.label, f"rig2nwb {compression}", m, ds.raw_bytes, loop_s, size, check)
 
 
-def failure_text(m: Measured, run_dir: Path) -> str:
-    why = "timeout" if m.rc is None else f"rc={m.rc}"
-    return f"FAILED {why}: {last_lines(run_dir / 'stderr.log', 2)[:300]}"
-
-
 # --- latency of the running daemon -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RigFile:
-    rel: str  # rig-relative POSIX path, as the daemon logs it
-    created: float  # wall clock (time.time()) of each event
-    last_page: float
-    closed: float
 
 
 def write_rig_session(rig_root: Path, session: str, n_files: int, frames_per_file: int,
@@ -373,65 +141,6 @@ def write_rig_session(rig_root: Path, session: str, n_files: int, frames_per_fil
     return files
 
 
-class DaemonLog:
-    """Reads the daemon's JSON log lines from its stderr on a thread (a full pipe would block
-    the daemon) and keeps a copy on disk."""
-
-    def __init__(self, stream: IO[str], copy_to: Path) -> None:
-        self._stream = stream
-        self._copy_to = copy_to
-        self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
-        self.watching = threading.Event()
-        self.thread = threading.Thread(target=self._read, name="daemon-log", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        with open(self._copy_to, "w", encoding="utf-8") as copy:
-            for line in self._stream:
-                copy.write(line)
-                copy.flush()
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(rec, dict):
-                    continue
-                with self._lock:
-                    self._records.append(rec)
-                if rec.get("event") == "watching":
-                    self.watching.set()
-
-    def records(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._records)
-
-    def appended_at(self) -> dict[str, float]:
-        """File (rig-relative) -> wall-clock time of its "tiff appended" line."""
-        out: dict[str, float] = {}
-        for rec in self.records():
-            if rec.get("event") == "tiff appended" and "file" in rec and "timestamp" in rec:
-                out[str(rec["file"])] = datetime.fromisoformat(str(rec["timestamp"])).timestamp()
-        return out
-
-
-@dataclass(frozen=True)
-class Latency:
-    file: str
-    signal: str  # next_file or stable
-    signal_time: float
-    closed: float
-    committed: float | None
-
-    @property
-    def latency(self) -> float | None:
-        return None if self.committed is None else self.committed - self.signal_time
-
-    @property
-    def after_close(self) -> float | None:
-        return None if self.committed is None else self.committed - self.closed
-
-
 @dataclass(frozen=True)
 class LatencyResult:
     compression: str
@@ -446,12 +155,6 @@ class LatencyResult:
     exit_rc: int | None
     latencies: list[Latency]
     warnings: list[str]
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    # Captured library warnings (watchdog's repr of its whole watch table) can be pages long.
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def tree_hwm(pid: int) -> int | None:
@@ -476,20 +179,6 @@ def vm_hwm(pid: int) -> int | None:
     return None
 
 
-def completion_signals(files: list[RigFile], settle: float,
-                       committed: dict[str, float]) -> list[Latency]:
-    """File k completes when file k+1 is created (next_file); the last one when its last page is
-    settle seconds old (stable)."""
-    out: list[Latency] = []
-    for k, f in enumerate(files):
-        if k + 1 < len(files):
-            kind, at = "next_file", files[k + 1].created
-        else:
-            kind, at = "stable", f.last_page + settle
-        out.append(Latency(f.rel, kind, at, f.closed, committed.get(f.rel)))
-    return out
-
-
 def stop_daemon(proc: subprocess.Popen[str]) -> tuple[float | None, int | None]:
     """SIGTERM, then wait; returns (seconds to exit, exit code)."""
     if proc.poll() is not None:
@@ -511,7 +200,7 @@ def run_latency(args: argparse.Namespace, base: Path, source: FrameSource) -> La
     out_dir.mkdir()
     signals = args.latency_signals.split(",") if args.latency_signals else None
     cfg = base / "config.toml"
-    write_config(cfg, rig_root=rig_root, output=out_dir, state=base / "state",
+    write_config(cfg, writer=WRITER, rig_root=rig_root, output=out_dir, state=base / "state",
                  compression=args.latency_compression, settle=args.latency_settle, rescan=30,
                  signals=signals)
     session = "latency_" + datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -557,49 +246,6 @@ def run_latency(args: argparse.Namespace, base: Path, source: FrameSource) -> La
 
 
 # --- reporting -----------------------------------------------------------------------------------
-
-
-def fmt(value: float | int | None, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
-
-
-def environment_lines(workdir: Path) -> list[str]:
-    from importlib.metadata import version
-
-    import h5py
-    import hdf5plugin
-
-    repo = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "daemon"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    mount = max((p for p in psutil.disk_partitions(all=True)
-                 if str(workdir.resolve()).startswith(p.mountpoint)),
-                key=lambda p: len(p.mountpoint), default=None)
-    # Mount options matter: e.g. "discard" makes deleting the previous run's output cost I/O.
-    disk = f"{mount.device} ({mount.fstype}, {mount.opts}) at {mount.mountpoint}" if mount else "?"
-    vm = psutil.virtual_memory()
-    return [
-        f"rig2nwb {version('rig2nwb')} (git {head or '?'}"
-        f"{', daemon/ has uncommitted changes' if dirty else ''}); "
-        f"h5py {h5py.__version__} / HDF5 {h5py.version.hdf5_version}; tifffile "
-        f"{tifffile.__version__}; hdf5plugin {hdf5plugin.version}; numpy {np.__version__}",
-        f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        f"RAM {vm.total / 1e9:.1f} GB ({vm.available / 1e9:.1f} GB available)",
-        f"workdir {workdir} on {disk}",
-    ]
-
-
-def cache_note(ds: Dataset) -> str:
-    # The page cache cannot be dropped reliably without root; just say what to expect.
-    avail = psutil.virtual_memory().available
-    likely = "yes" if ds.raw_bytes * 1.2 < avail else "partly at best"
-    return (f"{ds.label}: {ds.frames} frames in {len(ds.tiffs)} TIFF(s), "
-            f"{ds.raw_bytes / 1e6:.0f} MB raw; TIFFs likely in the page cache: {likely} "
-            f"(just written, {avail / 1e9:.1f} GB RAM available)")
 
 
 def median_run(runs: list[RunResult]) -> RunResult:
@@ -709,6 +355,7 @@ def latency_lines(res: LatencyResult) -> list[str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
         description="Benchmark rig2nwb's append throughput, peak memory and latency against a "
                     "plain h5py append on the same disk. Prints figures; asserts nothing.")
     p.add_argument("--workdir", type=Path, help="folder for data and outputs (default: a new "
@@ -756,18 +403,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def make_workdir(given: Path | None) -> Path:
-    """A fresh folder: inside --workdir if given (never reusing old data), else under /tmp."""
-    if given is None:
-        return Path(tempfile.mkdtemp(prefix="rig2nwb-bench-"))
-    given.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="rig2nwb-bench-", dir=given))
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 def benchmark_size(gb: float, args: argparse.Namespace, workdir: Path,
                    source: FrameSource) -> tuple[list[RunResult], str]:
     rig_root = workdir / "rig"
@@ -800,8 +435,6 @@ def benchmark_size(gb: float, args: argparse.Namespace, workdir: Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == H5PY_CHILD:
-        return h5py_child(argv[1:])
     args = parse_args(argv)
     workdir = make_workdir(args.workdir)
     for line in environment_lines(workdir):

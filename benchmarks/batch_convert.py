@@ -5,7 +5,8 @@ The same synthetic session (512x512 int16 frames) is written twice, as ScanImage
 runs (``<base>_00001_0000k.tif``) and as plain one-page-per-frame TIFFs, and each method converts
 it in its own child process, measured the same way (wall to data on disk, CPU, peak RSS):
 
-* ``rig2nwb convert`` at output.compression none, gzip (level 4) and blosc-lz4 (its default);
+* ``rig2nwb convert`` at output.compression none, gzip (level 4), its default (nothing set:
+  gzip 1 after HDF5's byte shuffle, compressed on every core) and blosc-lz4 (the old default);
 * NeuroConv 0.10 (``benchmarks/.venv-peers``): ``ScanImageImagingInterface`` on the ScanImage
   files, ``TiffImagingInterface`` on the plain ones, at its default backend configuration (gzip 4)
   and with compression off;
@@ -23,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -38,9 +38,12 @@ import numpy as np
 import tifffile
 
 # Module level: only what the peers venv also has (numpy, tifffile, psutil), because the NeuroConv
-# child runs this file with the peers venv's Python, which has neither rig2nwb nor hdf5plugin.
-from append_throughput import (
-    BLOCK_FRAMES,
+# child runs this module with the peers venv's Python, which has neither rig2nwb nor hdf5plugin.
+from benchmarks.kit import h5append
+from benchmarks.kit.childrun import Measured, failure_text, measure, sync_disks
+from benchmarks.kit.daemonlog import read_json_lines
+from benchmarks.kit.filters import BLOSC_CODECS, BLOSC_FILTER
+from benchmarks.kit.frames import (
     FRAME_BYTES,
     FRAME_SHAPE,
     FRAMES_PER_FILE,
@@ -49,31 +52,28 @@ from append_throughput import (
     FrameSource,
     cache_note,
     child_timeout,
-    environment_lines,
-    h5py_append,
-    make_workdir,
-    read_json_lines,
     write_dataset,
 )
-from childrun import Measured, measure, sync_disks
-from scanimage_synth import Acquisition, write_scanimage_tiff
-from suite2p_attach import PEERS_PYTHON, error_line, git_state, versions
+from benchmarks.kit.machine import environment_lines, git_state, versions
+from benchmarks.kit.paths import PEERS_PYTHON, command_line, make_workdir, module_command, module_env
+from benchmarks.kit.report import say
+from benchmarks.kit.scanimage_synth import Acquisition, write_scanimage_tiff
 
+MODULE = "benchmarks.batch_convert"
 FORMATS = ("scanimage", "plain")
 FRAME_RATE = 30.0
 # Each method family and the settings it runs at (the first word of a --methods token).
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "rig2nwb": ("none", "gzip", "blosc-lz4"),
+    # default: output.compression left unset, rig2nwb's default (gzip 1 + shuffle)
+    "rig2nwb": ("none", "gzip", "default", "blosc-lz4"),
     "neuroconv": ("default", "none"),
     "h5py": ("none", "gzip"),
     "cp": ("copy",),
 }
-RIG2NWB_DEFAULT = "blosc-lz4"
-BLOSC_FILTER = 32001
-BLOSC_CODECS = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+RIG2NWB_DEFAULT = "default"
+RIG2NWB_DEFAULT_LABEL = "gzip 1 + shuffle"  # what rig2nwb's default compression is
 GZIP_LEVEL = 4  # h5py's default gzip level, which NeuroConv's default configuration uses
-H5PY_CHILD = "_h5py-append"  # hidden subcommands: the measured children
-NEUROCONV_CHILD = "_neuroconv-convert"
+NEUROCONV_CHILD = "_neuroconv-convert"  # hidden subcommand: the measured NeuroConv child
 SESSION_START = datetime(2025, 3, 14, 10, 30, 5, tzinfo=UTC)  # plain TIFFs carry none
 COLUMNS = ["format", "method", "compression", "wall s", "MB/s", "ratio to limit", "CPU s",
            "peak RSS MB", "output MB", "raw/out", "check"]
@@ -134,23 +134,10 @@ def make_session(fmt: str, gb: float, workdir: Path, source: FrameSource,
 # --- the measured children ----------------------------------------------------------------------
 
 
-def h5py_child(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"batch_convert.py {H5PY_CHILD}")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--result", type=Path, required=True)
-    p.add_argument("--compression", choices=SETTINGS["h5py"], required=True)
-    p.add_argument("tiffs", type=Path, nargs="+")
-    args = p.parse_args(argv)
-    seconds = h5py_append(args.out, args.tiffs, BLOCK_FRAMES,
-                          None if args.compression == "none" else GZIP_LEVEL)
-    args.result.write_text(json.dumps({"loop_s": seconds}))
-    return 0
-
-
 def neuroconv_child(argv: Sequence[str]) -> int:
     """Runs in the peers venv: one NeuroConv imaging interface converts the files to a new NWB."""
     t0 = time.perf_counter()
-    p = argparse.ArgumentParser(prog=f"batch_convert.py {NEUROCONV_CHILD}")
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE} {NEUROCONV_CHILD}")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--setting", choices=SETTINGS["neuroconv"], required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -245,36 +232,36 @@ class Row:
 
     @property
     def compression(self) -> str:
-        """Compression as the table shows it: 'gzip 4', 'none', 'blosc-lz4 (default)'."""
+        """Compression as the table shows it: 'gzip 4', 'none', 'gzip 1 + shuffle (default)'."""
         if self.family == "cp":
             return "-"
         if self.family == "neuroconv":
             return f"gzip {GZIP_LEVEL} (default)" if self.setting == "default" else "none"
-        name = f"gzip {GZIP_LEVEL}" if self.setting == "gzip" else self.setting
-        return f"{name} (default)" if self.family == "rig2nwb" and self.setting == RIG2NWB_DEFAULT \
-            else name
+        if self.family == "rig2nwb" and self.setting == RIG2NWB_DEFAULT:
+            return f"{RIG2NWB_DEFAULT_LABEL} (default)"
+        return f"gzip {GZIP_LEVEL}" if self.setting == "gzip" else self.setting
 
     @property
     def codec(self) -> str:
-        """What the output is compressed with: none, gzip or blosc-lz4 (for goals and limits)."""
+        """What the output is compressed with: none, gzip (level 4), gzip-1 (rig2nwb's default)
+        or blosc-lz4 (for the limits: only none and gzip have an h5py append at the same
+        settings; the others are compared with the uncompressed one)."""
         if self.family == "neuroconv":
             return "gzip" if self.setting == "default" else "none"
+        if self.family == "rig2nwb" and self.setting == RIG2NWB_DEFAULT:
+            return "gzip-1"
         return "none" if self.family == "cp" else self.setting
 
 
-def timed_child(cmd: Sequence[str], run_dir: Path, timeout: float) -> tuple[Measured, float]:
+def timed_child(cmd: Sequence[str], run_dir: Path, timeout: float,
+                env: dict[str, str] | None = None) -> tuple[Measured, float]:
     """measure() (which syncs before), then os.sync() timed: every method ends with its data on
     disk, whatever it fsyncs itself (rig2nwb and the h5py limit fsync per file, NeuroConv and
     cp do not)."""
-    m = measure(cmd, run_dir, timeout)
+    m = measure(cmd, run_dir, timeout, env)
     t = time.perf_counter()
     sync_disks()
     return m, time.perf_counter() - t
-
-
-def failure_text(m: Measured, run_dir: Path) -> str:
-    why = "timeout" if m.rc is None else f"rc={m.rc}"
-    return f"FAILED {why}: {error_line(run_dir / 'stderr.log')[:300]}"
 
 
 def storage_text(data: Any) -> str:
@@ -376,23 +363,24 @@ def finish(row: Row, out: Path | None, s: Session, run_dir: Path, keep: bool) ->
 
 
 def write_config(path: Path, s: Session, output: Path, state: Path, compression: str) -> None:
-    """A rig2nwb config: only rig, output, state, subject and logging; the rest is the default."""
-    def q(value: object) -> str:
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    """A rig2nwb config: only rig, output, state, subject and logging; the rest is the default
+    (compression ``default``: output.compression and its level are not set at all)."""
+    from rig2nwb.testing.configs import write_config as write_toml  # not in the peers venv
 
-    level = [f"compression_level = {GZIP_LEVEL}"] if compression == "gzip" else []
-    lines = [
-        "# Written by benchmarks/batch_convert.py",
-        "[rig]", 'name = "bench"', f"root = {q(s.rig_root)}", f"frames = {q(s.frames_pattern)}",
-        'scan_file = ""', 'trial_file = ""', "",
+    chosen: dict[str, Any] = {}
+    if compression == "gzip":
+        chosen = {"compression": compression, "compression_level": GZIP_LEVEL}
+    elif compression != RIG2NWB_DEFAULT:
+        chosen = {"compression": compression}
+    write_toml(path, {
+        "rig": {"name": "bench", "root": str(s.rig_root), "frames": s.frames_pattern,
+                "scan_file": "", "trial_file": ""},
         # The post-session file check (pynwb validator + nwbinspector) is not the conversion.
-        "[output]", f"folder = {q(output)}", f"compression = {q(compression)}", *level,
-        "check_files = false", "",
-        "[state]", f"folder = {q(state)}", "",
-        "[subject]", 'age = "P90D"', "",
-        "[logging]", 'level = "INFO"', 'format = "json"', "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+        "output": {"folder": str(output), **chosen, "check_files": False},
+        "state": {"folder": str(state)},
+        "subject": {"age": "P90D"},
+        "logging": {"level": "INFO", "format": "json"},
+    }, comment="Written by benchmarks/batch_convert.py")
 
 
 def run_rig2nwb(s: Session, setting: str, run_dir: Path, timeout: float, keep: bool) -> Row:
@@ -421,10 +409,10 @@ def run_neuroconv(s: Session, setting: str, run_dir: Path, timeout: float, keep:
         return row
     run_dir.mkdir(parents=True)
     out, result = run_dir / "neuroconv.nwb", run_dir / "result.json"
-    cmd = [str(PEERS_PYTHON), str(Path(__file__).resolve()), NEUROCONV_CHILD, "--format", s.fmt,
-           "--setting", setting, "--out", str(out), "--result", str(result),
-           *map(str, s.ds.tiffs)]
-    row.m, row.sync_s = timed_child(cmd, run_dir, timeout)
+    cmd = module_command(MODULE, NEUROCONV_CHILD, "--format", s.fmt, "--setting", setting,
+                         "--out", str(out), "--result", str(result), *map(str, s.ds.tiffs),
+                         python=PEERS_PYTHON)
+    row.m, row.sync_s = timed_child(cmd, run_dir, timeout, env=module_env())
     if result.exists():
         info = json.loads(result.read_text())
         row.phases = {k: float(v) for k, v in info["phases"].items()}
@@ -439,11 +427,12 @@ def run_h5py(s: Session, setting: str, run_dir: Path, timeout: float, keep: bool
     row = Row(s.fmt, "h5py", setting, s.ds.raw_bytes)
     run_dir.mkdir(parents=True)
     out, result = run_dir / "append.h5", run_dir / "result.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), H5PY_CHILD, "--out", str(out),
-           "--result", str(result), "--compression", setting, *map(str, s.ds.tiffs)]
-    row.m, row.sync_s = timed_child(cmd, run_dir, timeout)
-    if result.exists():
-        row.phases = {"loop": float(json.loads(result.read_text())["loop_s"])}
+    cmd = h5append.command(out, result, s.ds.tiffs,
+                           gzip_level=None if setting == "none" else GZIP_LEVEL)
+    row.m, row.sync_s = timed_child(cmd, run_dir, timeout, env=module_env())
+    loop_s = h5append.read_loop_seconds(result)
+    if loop_s is not None:
+        row.phases = {"loop": loop_s}
     return finish(row, out, s, run_dir, keep)
 
 
@@ -508,7 +497,8 @@ def median_row(rows: list[Row]) -> Row:
 
 
 def limit_for(row: Row, rows: list[Row]) -> Row | None:
-    """The h5py append at the same compression (the default row and cp: the uncompressed one)."""
+    """The h5py append at the same compression (rig2nwb's default and blosc-lz4 rows and cp: the
+    uncompressed one)."""
     codec = row.codec if row.codec in ("none", "gzip") else "none"
     return next((r for r in rows if r.family == "h5py" and r.setting == codec and r.ok), None)
 
@@ -535,7 +525,7 @@ def row_values(row: Row, rows: list[Row]) -> dict[str, Any]:
 
 
 def table_lines(values: list[dict[str, Any]]) -> list[str]:
-    widths = {"format": 10, "method": 36, "compression": 20, "wall s": 8, "MB/s": 7,
+    widths = {"format": 10, "method": 36, "compression": 28, "wall s": 8, "MB/s": 7,
               "ratio to limit": 15, "CPU s": 8, "peak RSS MB": 12, "output MB": 10, "raw/out": 8}
     specs = {"wall s": ".2f", "MB/s": ".0f", "ratio to limit": ".2f", "CPU s": ".1f",
              "peak RSS MB": ".0f", "output MB": ".0f", "raw/out": ".2f"}
@@ -582,13 +572,14 @@ def goals(rows: list[Row]) -> list[dict[str, Any]]:
                        f"equal settings, gzip {GZIP_LEVEL}: rig2nwb gzip {GZIP_LEVEL} vs NeuroConv "
                        f"(its default, gzip {GZIP_LEVEL})"),
             speed_goal(rows, fmt, RIG2NWB_DEFAULT, ("neuroconv", "default"), DEFAULT_GOAL,
-                       f"default settings: rig2nwb ({RIG2NWB_DEFAULT}) vs NeuroConv (gzip "
+                       f"default settings: rig2nwb ({RIG2NWB_DEFAULT_LABEL}) vs NeuroConv (gzip "
                        f"{GZIP_LEVEL})"),
         ]
         default, gz = find(rows, fmt, "rig2nwb", RIG2NWB_DEFAULT), find(rows, fmt, "rig2nwb", "gzip")
         if default and gz:
             goal = (f"{fmt}: default compression ratio within 10% of gzip's (raw/out of "
-                    f"{RIG2NWB_DEFAULT} >= {RATIO_OF_GZIP_GOAL} x raw/out of gzip {GZIP_LEVEL})")
+                    f"{RIG2NWB_DEFAULT_LABEL} >= {RATIO_OF_GZIP_GOAL} x raw/out of gzip "
+                    f"{GZIP_LEVEL})")
             if default.ok and gz.ok and default.ratio and gz.ratio:
                 x = default.ratio / gz.ratio
                 out.append({"goal": goal, "target": f">= {RATIO_OF_GZIP_GOAL}",
@@ -642,6 +633,7 @@ def parse_methods(text: str) -> list[tuple[str, str]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
         description="Batch conversion of one session, side by side: rig2nwb convert, NeuroConv, "
                     "a plain h5py append and cp. Prints figures; asserts nothing.")
     p.add_argument("--gb", type=float, help="session size in GB of raw frames (4.2; --quick 0.3)")
@@ -687,10 +679,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("need at least one method, --repeats >= 1, --gb > 0, --timeout-factor > 0 and "
                 "--si-frames-per-file >= 1")
     return args
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def cached_share(paths: Sequence[Path]) -> str:
@@ -761,7 +749,7 @@ def run_all(args: argparse.Namespace, sessions: list[Session], workdir: Path) ->
                 wall = f"{row.wall:7.2f} s" if row.wall is not None else "      -  "
                 rss = f"{row.m.peak_rss / 1e6:5.0f} MB" if row.m else ""
                 say(f"  run {rep + 1}/{args.repeats} {s.fmt:<9} {row.method:<36} "
-                    f"{row.compression:<20} {wall} {rss}  {row.check}")
+                    f"{row.compression:<28} {wall} {rss}  {row.check}")
     return [median_row(rs) for rs in results.values()]
 
 
@@ -784,7 +772,8 @@ def report_notes(rows: list[Row], sessions: list[Session], args: argparse.Namesp
         "shared machine add to it.",
         "MB/s = raw frame bytes (frames x 512 x 512 x 2, MB = 1e6 bytes) / wall s; ratio to limit "
         "= MB/s / MB/s of the h5py append at the same compression (gzip 4 rows: the gzip 4 "
-        "append; default blosc-lz4 and cp rows: the uncompressed append); raw/out = raw bytes / "
+        "append; rig2nwb default (gzip 1 + shuffle), blosc-lz4 and cp rows: the uncompressed "
+        "append); raw/out = raw bytes / "
         "output size. The h5py limit reads the plain TIFFs only (the same frame bytes) and "
         "serves both formats.",
         "NeuroConv runs in benchmarks/.venv-peers with get_default_backend_configuration "
@@ -800,7 +789,7 @@ def report_notes(rows: list[Row], sessions: list[Session], args: argparse.Namesp
         "Synthetic ScanImage files: SI 2021 BigTIFF, ScanImage block after the header, ~5 KB "
         "SI.* header in every page's Software tag (real files: ~18 KB), per-frame data "
         "(frameNumbers, frameTimestamps_sec, epoch ...) in each ImageDescription "
-        "(benchmarks/scanimage_synth.py).",
+        "(benchmarks/kit/scanimage_synth.py).",
     ]
     for r in rows:
         extra = []
@@ -823,8 +812,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == NEUROCONV_CHILD:
         return neuroconv_child(argv[1:])
-    if argv and argv[0] == H5PY_CHILD:
-        return h5py_child(argv[1:])
     args = parse_args(argv)
     workdir = make_workdir(args.workdir)
     started = time.perf_counter()
@@ -860,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = sessions[0].ds
         doc = {
             "benchmark": "batch", "title": "Batch conversion of one session",
-            "command": shlex.join([sys.executable, *sys.argv]),
+            "command": command_line(MODULE, argv),
             "machine": machine,
             "params": {"gb": args.gb, "frames": ds.frames, "frame_shape": list(FRAME_SHAPE),
                        "dtype": "int16", "frames_per_file": FRAMES_PER_FILE,

@@ -24,27 +24,24 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from append_throughput import environment_lines, make_workdir, say, session_folder
-from daemon_probe import (
+from benchmarks.kit.configs import TomlValue, base_sections, end_marker, write_daemon_config
+from benchmarks.kit.daemon import (
     Daemon,
-    TomlValue,
-    base_sections,
     context_switches,
-    end_marker,
     inotify_watches,
     open_fds,
     proc_status,
-    rounded,
     sample_tree,
     status_rows,
-    table,
     wait_finished,
     worker_pid,
-    write_daemon_config,
-    write_json,
 )
-from run_all import machine_description
+from benchmarks.kit.frames import session_folder
+from benchmarks.kit.machine import environment_lines, machine_description
+from benchmarks.kit.paths import command_line, make_workdir
+from benchmarks.kit.report import rounded, say, spec_table, write_json
 
+MODULE = "benchmarks.idle"
 CPU_GOAL_PCT = 1.0
 SHAPE = (64, 64)
 # mode -> its [watch] section; every other key keeps rig2nwb's default
@@ -358,7 +355,7 @@ def notes_of(prep: Prepared, results: list[IdleResult], args: argparse.Namespace
 
 def print_report(result: dict[str, Any]) -> None:
     say("")
-    for line in table(result["columns"], result["rows"], SPECS):
+    for line in spec_table(result["columns"], result["rows"], SPECS):
         say(line)
     say("")
     for g in result["goals"]:
@@ -373,6 +370,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
         description="CPU, wake-ups, RSS and fds of an idle rig2nwb daemon over a folder of old "
                     "sessions, per watch mode. Prints figures; asserts no timing.")
     p.add_argument("--minutes", type=float, help="measured window per mode (5; --quick: 0.5)")
@@ -408,7 +406,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = " ".join([Path(sys.argv[0]).name, *argv])
+    command = command_line(MODULE, argv)
     workdir = make_workdir(args.workdir)
     env = environment_lines(workdir)
     for line in env:

@@ -27,33 +27,22 @@ from typing import Any
 
 import numpy as np
 
-from append_throughput import (
-    FRAME_BYTES,
-    FrameSource,
-    Latency,
-    RigFile,
-    completion_signals,
-    environment_lines,
-    make_workdir,
-    say,
-    session_folder,
-)
-from daemon_probe import (
+from benchmarks.kit.configs import base_sections, end_marker, write_daemon_config
+from benchmarks.kit.daemon import (
     Daemon,
     TreeSample,
-    base_sections,
-    end_marker,
     proc_status,
-    rounded,
     sample_tree,
-    table,
     wait_finished,
     worker_pid,
-    write_daemon_config,
-    write_json,
 )
-from run_all import machine_description
+from benchmarks.kit.frames import FRAME_BYTES, FrameSource, session_folder
+from benchmarks.kit.latency import Latency, RigFile, completion_signals
+from benchmarks.kit.machine import environment_lines, machine_description
+from benchmarks.kit.paths import command_line, make_workdir, module_command, module_env
+from benchmarks.kit.report import rounded, say, spec_table, write_json
 
+MODULE = "benchmarks.live_rig"
 WRITER_CHILD = "_rig-writer"  # hidden subcommand: the simulated rig runs in its own process
 LATENCY_GOAL_S = 2.0
 CPU_GOAL_PCT = 10.0
@@ -94,7 +83,7 @@ def rig_writer(argv: Sequence[str]) -> int:
     as about d x rate late pages. Prints "start <time>" and "end <time>" (time.time())."""
     import tifffile
 
-    p = argparse.ArgumentParser(prog=f"live_rig.py {WRITER_CHILD}")
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE} {WRITER_CHILD}")
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--session", required=True)
     p.add_argument("--pages", type=int, required=True)
@@ -169,13 +158,14 @@ class RigRun:
 def run_rig(root: Path, session: str, pages: int, rate: float, frames_per_file: int, seed: int,
             result: Path, daemon_pid: int | None) -> RigRun:
     """Run the writer child; snapshot the daemon tree's CPU at its start and end lines."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), WRITER_CHILD, "--root", str(root),
-           "--session", session, "--pages", str(pages), "--rate", str(rate), "--frames-per-file",
-           str(frames_per_file), "--seed", str(seed), "--result", str(result)]
+    cmd = module_command(MODULE, WRITER_CHILD, "--root", str(root), "--session", session,
+                         "--pages", str(pages), "--rate", str(rate), "--frames-per-file",
+                         str(frames_per_file), "--seed", str(seed), "--result", str(result))
     start = end = 0.0
     s0 = s1 = None
     with open(result.with_suffix(".stderr.log"), "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=module_env())
         assert proc.stdout is not None
         for line in proc.stdout:
             word, _, value = line.partition(" ")
@@ -480,7 +470,7 @@ def notes_of(results: list[VariantResult], args: argparse.Namespace) -> list[str
 
 def print_report(result: dict[str, Any], results: list[VariantResult]) -> None:
     say("")
-    for line in table(result["columns"], result["rows"], SPECS):
+    for line in spec_table(result["columns"], result["rows"], SPECS):
         say(line)
     say("")
     for g in result["goals"]:
@@ -499,6 +489,7 @@ def print_report(result: dict[str, Any], results: list[VariantResult]) -> None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
         description="rig2nwb's daemon beside a simulated 30 Hz rig: latency, CPU, peak RSS and "
                     "the rig's late frames. Prints figures; asserts no timing.")
     p.add_argument("--minutes", type=float, help="acquisition per variant (10; --quick: 1)")
@@ -534,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == WRITER_CHILD:
         return rig_writer(argv[1:])
     args = parse_args(argv)
-    command = " ".join([Path(sys.argv[0]).name, *argv])
+    command = command_line(MODULE, argv)
     workdir = make_workdir(args.workdir)
     env = environment_lines(workdir)
     for line in env:

@@ -2,16 +2,17 @@
 """One command for the whole benchmark suite: runs each benchmark script, one after the other,
 as a child, and prints the machine, every benchmark's table and one table of all the goals.
 
-    python benchmarks/run_all.py [--quick] [--only batch,live,idle,compression,suite2p]
+    python -m benchmarks.run_all [--quick] [--only batch,live,idle,compression,suite2p]
                                  [--workdir DIR] [--json OUT] [--markdown OUT.md]
+
+(from the repository root; each benchmark runs as ``python -m benchmarks.<script>``).
 
 Each script writes its results with ``--json`` in the shared format (benchmark, title, command,
 machine, params, columns, rows, goals, notes; see benchmarks/README.md). A missing script is
 reported as NOT RUN and a failing one as FAILED (with the end of its stderr); the others still
 run. Exit status 1 if any benchmark failed or was not run, never because a goal was missed.
 
-Also a small library for the scripts: ``machine_description`` and ``format_table``. Standard
-library only at module level.
+Standard library only at module level (and the kit's machine and report modules, which are too).
 """
 
 from __future__ import annotations
@@ -19,205 +20,32 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
-import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+from benchmarks.kit.machine import machine_description, machine_lines
+from benchmarks.kit.paths import BENCHMARKS_DIR, REPO_ROOT, command_line, module_command, module_env
+from benchmarks.kit.report import format_table, format_value, markdown_table
 
-# name -> script, in the order they run. Never in parallel: each one measures the machine.
+MODULE = "benchmarks.run_all"
+# name -> script (a module of this package), in the order they run. Never in parallel: each one
+# measures the machine.
 BENCHMARKS: dict[str, str] = {
-    "batch": "batch_convert.py",
-    "live": "live_rig.py",
-    "idle": "idle.py",
-    "compression": "compression_table.py",
-    "suite2p": "suite2p_attach.py",
+    "batch": "batch_convert",
+    "live": "live_rig",
+    "idle": "idle",
+    "compression": "compression_table",
+    "suite2p": "suite2p_attach",
 }
 STDERR_TAIL = 15  # lines of a failed benchmark's stderr shown in the report
-
-
-# --- machine description (also used by the benchmark scripts for their JSON) ------------------
-
-
-def _run(cmd: Sequence[str]) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gb() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) * 1024 / 1e9, 1)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _disk(path: Path) -> str:
-    """``df -T -h`` of the folder: device, file system, size, free space, mount point."""
-    lines = _run(["df", "-T", "-h", str(path)]).splitlines()
-    if len(lines) < 2:
-        return "?"
-    dev, fstype, size, _used, avail, _pct, *mount = lines[-1].split()
-    return f"{dev} ({fstype}, {size}, {avail} free) at {' '.join(mount)}"
-
-
-def _git() -> tuple[str | None, bool | None]:
-    head = _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or None
-    if head is None:
-        return None, None
-    # Only daemon/ counts: benchmark scripts being edited do not change what is measured.
-    return head, bool(_run(["git", "-C", str(REPO), "status", "--porcelain", "daemon"]))
-
-
-def _neuroconv_version() -> str | None:
-    if not PEERS_PYTHON.exists():
-        return None
-    code = "import importlib.metadata as m; print(m.version('neuroconv'))"
-    return _run([str(PEERS_PYTHON), "-c", code]) or None
-
-
-def machine_description(workdir: Path | None = None) -> dict[str, Any]:
-    """What the figures were measured on: hardware, the workdir's disk and software versions."""
-    where = workdir if workdir is not None and workdir.exists() else Path(tempfile.gettempdir())
-    hdf5: str | None = None
-    try:
-        import h5py
-
-        hdf5 = h5py.version.hdf5_version
-    except ImportError:
-        pass
-    head, dirty = _git()
-    uname = platform.uname()
-    return {
-        "cpu": _cpu_model(), "cpus": os.cpu_count(), "ram_gb": _ram_gb(),
-        "disk": f"{where}: {_disk(where)}",
-        "kernel": f"{uname.system} {uname.release} {uname.machine}",
-        "python": platform.python_version(),
-        "h5py": _version("h5py"), "hdf5": hdf5, "pynwb": _version("pynwb"), "hdmf": _version("hdmf"),
-        "hdf5plugin": _version("hdf5plugin"), "tifffile": _version("tifffile"),
-        "numpy": _version("numpy"), "rig2nwb": _version("rig2nwb"), "git": head,
-        "daemon_dirty": dirty, "neuroconv": _neuroconv_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-
-
-def machine_lines(m: dict[str, Any]) -> list[str]:
-    git = m.get("git") or "?"
-    if m.get("daemon_dirty"):
-        git += ", daemon/ has uncommitted changes"
-    neuroconv = m.get("neuroconv") or f"not installed ({PEERS_PYTHON.relative_to(REPO)} missing)"
-    return [
-        f"CPU: {m.get('cpu')}, {m.get('cpus')} cores; RAM {m.get('ram_gb')} GB; load average "
-        f"{', '.join(str(x) for x in m.get('load_average') or [])}",
-        f"disk: {m.get('disk')}",
-        f"kernel: {m.get('kernel')}; Python {m.get('python')}",
-        f"h5py {m.get('h5py')} / HDF5 {m.get('hdf5')}; pynwb {m.get('pynwb')}; hdmf {m.get('hdmf')}; "
-        f"hdf5plugin {m.get('hdf5plugin')}; tifffile {m.get('tifffile')}; numpy {m.get('numpy')}",
-        f"rig2nwb {m.get('rig2nwb')} (git {git}); NeuroConv {neuroconv}",
-        f"date: {m.get('date')}",
-    ]
-
-
-# --- tables -------------------------------------------------------------------------------------
-
-
-def _decimals(size: float) -> int:
-    """About 3 significant digits, never an exponent: 1234 -> 0, 12.3 -> 1, 1.23 -> 2."""
-    return 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 0.1 or size == 0 else 3
-
-
-def format_value(value: Any, decimals: int | None = None) -> str:
-    """Numbers to a sensible precision (``decimals``, else from the value), None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.{_decimals(abs(value)) if decimals is None else decimals}f}"
-    return str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _cells(columns: Sequence[str], rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[bool]]:
-    """Formatted cells, and which columns are numeric. One precision per column (from its
-    largest value), so a column's decimals line up: 55 and 164 MB, not 55.0 and 164."""
-    numeric: list[bool] = []
-    decimals: list[int | None] = []
-    for c in columns:
-        floats = [abs(r[c]) for r in rows if isinstance(r.get(c), float) and not math.isnan(r[c])]
-        numeric.append(any(_is_number(r.get(c)) for r in rows))
-        decimals.append(_decimals(max(floats)) if floats else None)
-    cells = [[format_value(r.get(c), d) for c, d in zip(columns, decimals, strict=True)] for r in rows]
-    return cells, numeric
-
-
-def format_table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[str]:
-    """A plain-text table: numbers right-aligned, text left-aligned."""
-    cells, numeric = _cells(columns, list(rows))
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
-
-    head = line(list(columns))
-    return [head, "-" * len(head), *(line(row) for row in cells)]
-
-
-def markdown_table(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[str]:
-    cells, numeric = _cells(columns, list(rows))
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    return ["| " + " | ".join(columns) + " |",
-            "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in cells)]
 
 
 # --- running the benchmarks ---------------------------------------------------------------------
@@ -243,15 +71,18 @@ def _pump(stream: IO[str], prefix: str, keep: collections.deque[str] | None) -> 
             keep.append(line)
 
 
-def run_benchmark(name: str, script: Path, args: argparse.Namespace, tmp: Path) -> Outcome:
-    """Run one script as a child, stream its output prefixed with its name, read its JSON."""
+def run_benchmark(name: str, script: Path, module: str | None, args: argparse.Namespace,
+                  tmp: Path) -> Outcome:
+    """Run one script as a child (``python -m module``, or ``python script`` when ``module`` is
+    None), stream its output prefixed with its name, read its JSON."""
     out = Outcome(name, script)
     if not script.exists():
         out.why = f"{script} does not exist"
         print(f"[{name}] NOT RUN: {out.why}", flush=True)
         return out
     result = tmp / f"{name}.json"
-    cmd = [sys.executable, str(script), "--json", str(result)]
+    args_ = ["--json", str(result)]
+    cmd = module_command(module, *args_) if module else [sys.executable, str(script), *args_]
     if args.quick:
         cmd.append("--quick")
     if args.workdir is not None:
@@ -262,9 +93,10 @@ def run_benchmark(name: str, script: Path, args: argparse.Namespace, tmp: Path) 
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
     t0 = time.perf_counter()
     # Unbuffered: progress lines should appear as the child prints them, not when it ends.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The repository root as cwd and on PYTHONPATH: the scripts run as ``python -m benchmarks...``.
+    env = {**module_env(), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            errors="replace", env=env, cwd=HERE)
+                            errors="replace", env=env, cwd=REPO_ROOT)
     assert proc.stdout is not None and proc.stderr is not None
     # stderr on its own thread: a full pipe would block the child.
     err = threading.Thread(target=_pump, args=(proc.stderr, f"[{name}] ! ", tail), daemon=True)
@@ -374,7 +206,8 @@ def markdown_report(machine: dict[str, Any], outcomes: Sequence[Outcome], total:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Run every benchmark, one after the other, and print "
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                description="Run every benchmark, one after the other, and print "
                                             "one report. Prints figures; asserts nothing.")
     p.add_argument("--quick", action="store_true", help="each benchmark's smoke-test size")
     p.add_argument("--only", default=",".join(BENCHMARKS),
@@ -392,19 +225,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if bad or not names:
         p.error(f"unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(BENCHMARKS)}")
     args.only = [n for n in BENCHMARKS if n in names]  # always the documented order
-    args.scripts = {n: HERE / s for n, s in BENCHMARKS.items()}
+    # name -> (the script's file, its module; None: run the file itself)
+    args.scripts = {n: (BENCHMARKS_DIR / f"{m}.py", f"benchmarks.{m}") for n, m in BENCHMARKS.items()}
     for item in args.script:
         name, sep, path = item.partition("=")
         if not sep or name not in BENCHMARKS:
             p.error(f"--script {item!r}: expected NAME=PATH with NAME one of {', '.join(BENCHMARKS)}")
-        args.scripts[name] = Path(path).resolve()
+        args.scripts[name] = (Path(path).resolve(), None)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = shlex.join([sys.executable, str(Path(__file__)), *argv])
+    command = command_line(MODULE, argv)
     if args.workdir is not None:
         args.workdir = args.workdir.resolve()
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -416,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="rig2nwb-run-all-") as tmp:
         for name in args.only:
-            outcomes.append(run_benchmark(name, args.scripts[name], args, Path(tmp)))
+            script, module = args.scripts[name]
+            outcomes.append(run_benchmark(name, script, module, args, Path(tmp)))
     total = time.perf_counter() - started
     for line in text_report(machine, outcomes, total, command):
         print(line)

@@ -4,7 +4,7 @@ rig2nwb reads every page's ImageDescription of a ScanImage file once (for its ti
 channel count) besides streaming its pixels. This prints what that costs per page on a synthetic
 ScanImage-2016-style BigTIFF (header in the Software tag, per-frame data in each page), and what
 it adds to a 512x512 int16 page's append at the measured ~380 MB/s. Prints figures; asserts
-nothing. Usage: python benchmarks/scanimage_pages.py [--pages 8000]
+nothing. Usage, from the repository root: python -m benchmarks.scanimage_pages [--pages 8000]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ HEADER = "\n".join([
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scanimage_pages",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=8000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,14 +1,16 @@
 """One command for the fault, bad-input and security suites, with a table of what they proved.
 
-Runs pytest as a child over the suites that record figures (tests/figures.py) with
+Runs pytest as a child over the suites that record figures (rig2nwb/testing/figures.py) with
 ``--figures <tmp file>`` (and ``--run-slow --crash-trials N`` unless ``--quick``), then prints
 crash trials survived / run, frames lost and duplicated, power-loss repairs, bad inputs handled,
 disk-full recoveries, outages survived, long-run RSS/fds/threads and security checks, plus
 pytest's pass/fail counts and the wall time. Exit status 1 if a test failed or any data was
 lost or duplicated, else 0.
 
-    /work/venv/bin/python benchmarks/selftest.py --quick        # the CI sizes, ~10 min
-    /work/venv/bin/python benchmarks/selftest.py                # 200 crash trials each: hours
+    .venv/bin/python -m benchmarks.selftest --quick        # the CI sizes, ~10 min
+    .venv/bin/python -m benchmarks.selftest                # 200 crash trials each: hours
+
+(from the repository root; pytest runs with the repository root as its cwd either way).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = ["test_crash.py", "test_power_loss.py", "test_soak.py", "test_bad_corpus.py",
-          "test_bad_inputs.py", "test_suite2p_stage.py", "test_safepickle.py", "test_security.py"]
+SUITES = ["e2e/test_crash.py", "e2e/test_power_loss.py", "e2e/test_soak.py",
+          "integration/test_bad_corpus.py", "integration/test_bad_inputs.py",
+          "integration/test_suite2p_stage.py", "unit/suite2p/test_safepickle.py", "e2e/test_security.py"]
 
 
 def suite_files() -> tuple[list[Path], list[str]]:
@@ -35,8 +38,8 @@ def suite_files() -> tuple[list[Path], list[str]]:
     tests = REPO / "tests"
     found = [tests / n for n in SUITES if (tests / n).exists()]
     missing = [n for n in SUITES if not (tests / n).exists()]
-    for path in sorted(tests.glob("test_*.py")):
-        if path not in found and "from tests.figures import record" in path.read_text("utf-8"):
+    for path in sorted(tests.rglob("test_*.py")):
+        if path not in found and "from rig2nwb.testing.figures import record" in path.read_text("utf-8"):
             found.append(path)
     return found, missing
 
@@ -142,7 +145,8 @@ def table(figures: list[dict[str, Any]]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.selftest",
+                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true",
                     help="the CI sizes: no --run-slow, each test's default crash trials")
     ap.add_argument("--crash-trials", type=int, default=200,

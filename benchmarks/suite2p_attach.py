@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,13 +34,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from childrun import Measured, measure
+# Only the standard library and numpy at module level (the kit modules below included): the
+# NeuroConv child runs this module with the peers venv's Python, which has neither rig2nwb nor
+# hdf5plugin.
+from benchmarks.kit.childrun import Measured, failure_text, measure
+from benchmarks.kit.machine import git_state, machine_description, versions
+from benchmarks.kit.paths import PEERS_PYTHON, command_line, make_workdir, module_command, module_env
 
-# Only the standard library and numpy at module level: the NeuroConv child runs this file with
-# the peers venv's Python, which has neither rig2nwb nor hdf5plugin.
-
-HERE = Path(__file__).resolve().parent
-PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+MODULE = "benchmarks.suite2p_attach"
 SUBJECT = "mouse01"
 SESSION = "s2p_bench"
 FRAME_SHAPE = (64, 64)
@@ -199,7 +199,7 @@ def last_lines_of(text: str, n: int = 2) -> str:
 def neuroconv_child(argv: Sequence[str]) -> int:
     """Runs in the peers venv: NeuroConv's suite2p interface appends into an existing NWB file."""
     t0 = time.perf_counter()
-    p = argparse.ArgumentParser(prog=f"suite2p_attach.py {NEUROCONV_CHILD}")
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE} {NEUROCONV_CHILD}")
     p.add_argument("--folder", type=Path, required=True)  # the suite2p folder (holds plane0/)
     p.add_argument("--nwb", type=Path, required=True)
     p.add_argument("--compression", choices=("gzip", "none"), required=True)
@@ -246,7 +246,7 @@ def h5py_child(argv: Sequence[str]) -> int:
     Reads each .npy in contiguous groups of ROI_GROUP whole ROI rows (plain reads, no mmap, so
     the RSS is only the buffers) and writes each group as one column of whole chunks."""
     t0 = time.perf_counter()
-    p = argparse.ArgumentParser(prog=f"suite2p_attach.py {H5PY_CHILD}")
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE} {H5PY_CHILD}")
     p.add_argument("--plane", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--compression", choices=("gzip", "none"), required=True)
@@ -313,33 +313,6 @@ class Row:
         return self.m is not None and self.m.rc == 0 and self.check.startswith("OK")
 
 
-def failure_text(m: Measured, run_dir: Path) -> str:
-    why = "timeout" if m.rc is None else f"rc={m.rc}"
-    return f"FAILED {why}: {error_line(run_dir / 'stderr.log')[:300]}"
-
-
-def error_line(path: Path) -> str:
-    """The line of a failed run's stderr that most likely says why: its last plain-text line (a
-    traceback's exception, rig2nwb's "rig2nwb: ..." message), else its last JSON log line."""
-    if not path.exists():
-        return ""
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
-             if ln.strip()]
-    plain = [ln for ln in lines if not ln.startswith("{")]
-    if plain:
-        return plain[-1]
-    if not lines:
-        return ""
-    try:
-        rec = json.loads(lines[-1])
-    except ValueError:
-        return lines[-1]
-    if not isinstance(rec, dict):
-        return lines[-1]
-    extra = " ".join(f"{k}={rec[k]}" for k in ("error", "reason", "detail") if k in rec)
-    return f"{rec.get('event', '')} {extra}".strip()
-
-
 def read_phases(path: Path) -> dict[str, float]:
     if not path.exists():
         return {}
@@ -396,10 +369,10 @@ def run_neuroconv(bench: Bench, compression: str, run_dir: Path) -> Row:
     nwb = run_dir / bench.pristine_nwb.name
     shutil.copyfile(bench.pristine_nwb, nwb)
     phases = run_dir / "phases.json"
-    cmd = [str(PEERS_PYTHON), str(Path(__file__).resolve()), NEUROCONV_CHILD,
-           "--folder", str(bench.suite2p_folder), "--nwb", str(nwb),
-           "--compression", compression, "--result", str(phases)]
-    row.m = measure(cmd, run_dir, bench.timeout)
+    cmd = module_command(MODULE, NEUROCONV_CHILD, "--folder", str(bench.suite2p_folder),
+                         "--nwb", str(nwb), "--compression", compression, "--result", str(phases),
+                         python=PEERS_PYTHON)
+    row.m = measure(cmd, run_dir, bench.timeout, env=module_env())
     row.phases = read_phases(phases)
     finish(bench, row, nwb, run_dir)
     return row
@@ -410,10 +383,9 @@ def run_h5py(bench: Bench, compression: str, run_dir: Path) -> Row:
     run_dir.mkdir(parents=True)
     out = run_dir / "traces.h5"
     phases = run_dir / "phases.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), H5PY_CHILD, "--plane",
-           str(bench.suite2p_folder / "plane0"), "--out", str(out), "--compression", compression,
-           "--result", str(phases)]
-    row.m = measure(cmd, run_dir, bench.timeout)
+    cmd = module_command(MODULE, H5PY_CHILD, "--plane", str(bench.suite2p_folder / "plane0"),
+                         "--out", str(out), "--compression", compression, "--result", str(phases))
+    row.m = measure(cmd, run_dir, bench.timeout, env=module_env())
     row.phases = read_phases(phases)
     finish(bench, row, out, run_dir, base_size=0)
     return row
@@ -423,28 +395,25 @@ def write_config(path: Path, *, rig_root: Path, output: Path, state: Path, compr
                  level: int | None = None) -> None:
     """A rig2nwb config for the ScanImage-style layout {subject}/{session}/*.tif; everything not
     written here keeps rig2nwb's defaults."""
-    def q(value: object) -> str:
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    from rig2nwb.testing.configs import write_config as write_toml  # not in the peers venv
 
-    output_lines = [f"folder = {q(output)}", f"compression = {q(compression)}"]
+    out: dict[str, object] = {"folder": str(output), "compression": compression}
     if level is not None:
-        output_lines.append(f"compression_level = {level}")
+        out["compression_level"] = level
     # The post-session file check (pynwb validator + nwbinspector) is not what is measured.
-    output_lines.append("check_files = false")
-    lines = [
-        "# Written by benchmarks/suite2p_attach.py",
-        "[rig]", 'name = "bench"', f"root = {q(rig_root)}", 'frames = "{subject}/{session}/*.tif"',
-        'scan_file = ""', 'trial_file = ""', "",
-        "[output]", *output_lines, "",
-        "[state]", f"folder = {q(state)}", "",
-        "[session]", 'description = "suite2p attach benchmark (synthetic data)"',
-        'experimenter = ["Doe, Jane"]', 'lab = "Bench Lab"', 'institution = "Bench University"', "",
-        "[subject]", 'species = "Mus musculus"', 'sex = "U"', 'age = "P90D"', "",
-        "[imaging]", f"frame_rate = {FRAME_RATE!r}", "",
+    out["check_files"] = False
+    write_toml(path, {
+        "rig": {"name": "bench", "root": str(rig_root), "frames": "{subject}/{session}/*.tif",
+                "scan_file": "", "trial_file": ""},
+        "output": out,
+        "state": {"folder": str(state)},
+        "session": {"description": "suite2p attach benchmark (synthetic data)",
+                    "experimenter": ["Doe, Jane"], "lab": "Bench Lab", "institution": "Bench University"},
+        "subject": {"species": "Mus musculus", "sex": "U", "age": "P90D"},
+        "imaging": {"frame_rate": FRAME_RATE},
         # JSON explicitly: the benchmark only keeps the log, but it should be machine-readable.
-        "[logging]", 'level = "INFO"', 'format = "json"', "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+        "logging": {"level": "INFO", "format": "json"},
+    }, comment="Written by benchmarks/suite2p_attach.py")
 
 
 def restore_session(bench: Bench) -> None:
@@ -547,30 +516,7 @@ def prepare(workdir: Path, n_rois: int, n_frames: int, seed: int, keep: bool,
                  pristine / "state", nwbs[0], state, n_rois, n_frames, timeout, keep)
 
 
-def git_state() -> str:
-    """'git abc1234' and whether daemon/ has uncommitted changes (read-only git commands)."""
-    repo = HERE.parent
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "daemon"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    return f"git {head or '?'}" + (", daemon/ has uncommitted changes" if dirty else "")
-
-
 _PEER_PACKAGES = ("neuroconv", "roiextractors", "pynwb", "hdmf", "h5py")
-
-
-def versions(python: str, packages: Sequence[str]) -> str:
-    """'name version, ...' of packages installed for another interpreter."""
-    if not Path(python).exists():
-        return f"{python} missing (run: bash benchmarks/setup_peers.sh)"
-    code = ("import importlib.metadata as m, sys\n"
-            "for n in sys.argv[1:]:\n"
-            "    try: print(n, m.version(n))\n"
-            "    except m.PackageNotFoundError: print(n, '-')\n")
-    proc = subprocess.run([python, "-c", code, *packages], capture_output=True, text=True,
-                          check=False)
-    return ", ".join(proc.stdout.split("\n")[:-1]) if proc.returncode == 0 else "unknown"
 
 
 def median_row(rows: list[Row]) -> Row:
@@ -672,9 +618,6 @@ def json_goals(rows: list[Row]) -> list[dict[str, Any]]:
 def write_json(path: Path, rows: list[Row], args: argparse.Namespace, argv: Sequence[str],
                workdir: Path) -> None:
     """The results in the benchmarks' shared format (see run_all.py)."""
-    import shlex
-
-    from run_all import machine_description
 
     def num(value: float | None, digits: int) -> float | None:
         return None if value is None or math.isnan(value) else round(value, digits)
@@ -692,7 +635,7 @@ def write_json(path: Path, rows: list[Row], args: argparse.Namespace, argv: Sequ
         notes.append(f"median wall and CPU of {args.repeats} runs, largest peak RSS")
     result = {
         "benchmark": "suite2p", "title": "suite2p attach vs NeuroConv's Suite2pSegmentationInterface",
-        "command": shlex.join([sys.executable, str(Path(__file__)), *argv]),
+        "command": command_line(MODULE, argv),
         "machine": machine_description(workdir.parent),
         "params": {"rois": args.rois, "frames": args.frames, "repeats": args.repeats,
                    "rig2nwb compressions": args.rig2nwb_compressions, "seed": args.seed},
@@ -709,7 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == H5PY_CHILD:
         return h5py_child(argv[1:])
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rois", type=int, help=f"ROIs (1000; --quick: {QUICK_ROIS})")
     p.add_argument("--frames", type=int, help=f"frames (50000; --quick: {QUICK_FRAMES})")
     p.add_argument("--quick", action="store_true",
@@ -736,10 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--rois >= 1, --frames >= 2 and --repeats >= 1")
     ours = [c.strip() for c in args.rig2nwb_compressions.split(",") if c.strip()]
 
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
     # Always a fresh folder (inside --workdir if given): old data is never reused.
-    workdir = Path(tempfile.mkdtemp(prefix="rig2nwb-s2p-bench-", dir=args.workdir)).resolve()
+    workdir = make_workdir(args.workdir, prefix="rig2nwb-s2p-bench-").resolve()
     started = time.perf_counter()
     print(f"work folder: {workdir}", flush=True)
     print(f"rig2nwb side: {versions(sys.executable, ('rig2nwb', 'pynwb', 'hdmf', 'h5py'))}"

@@ -1,5 +1,6 @@
-"""Shared by live_rig.py and idle.py: start ``rig2nwb run`` as a child, sample the CPU and memory
-of its whole process tree (supervisor, worker, check children), read its status, stop it.
+"""A measured ``rig2nwb run``, shared by live_rig and idle: start the daemon as a child, sample
+the CPU and memory of its whole process tree (supervisor, worker, check children), read its
+status, stop it.
 
 Linux only: CPU, RSS, context switches and fds come from /proc (through psutil), and the final
 CPU of the tree from ``wait4``.
@@ -21,50 +22,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
-from append_throughput import DaemonLog, last_lines, one_line
-
-# --- config ----------------------------------------------------------------------------------
-
-TomlValue = str | int | float | bool | list[str]
-
-
-def toml_value(value: TomlValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # A JSON string (or list of strings) is valid TOML.
-    return json.dumps(value if isinstance(value, list) else str(value))
-
-
-def write_daemon_config(path: Path, sections: dict[str, dict[str, TomlValue]], writer: str) -> None:
-    """A rig2nwb config holding only ``sections``: every other key keeps rig2nwb's default."""
-    lines = [f"# Written by benchmarks/{writer}"]
-    for name, keys in sections.items():
-        lines += ["", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def base_sections(rig_root: Path, output: Path, state: Path) -> dict[str, dict[str, TomlValue]]:
-    """rig/output/state/logging, and the default layout with an end marker so a session finishes
-    as soon as the rig says so (instead of after session_idle_seconds = 300 s)."""
-    return {
-        "rig": {"name": "bench", "root": str(rig_root),
-                "end_marker": "{subject}/tif/{site}/{session}/acquisition_done",
-                # The simulated rig writes no lab files; with the end marker they are not needed.
-                "scan_file": "", "trial_file": ""},
-        "output": {"folder": str(output)},
-        "state": {"folder": str(state)},
-        # DANDI wants an age; without it every finished file gets a check message (noise only).
-        "subject": {"age": "P90D"},
-        # JSON explicitly (not "auto"): the benchmarks parse the log lines.
-        "logging": {"level": "INFO", "format": "json"},
-    }
-
-
-def end_marker(session_folder: Path) -> Path:
-    return session_folder / "acquisition_done"
-
+from benchmarks.kit.childrun import last_lines
+from benchmarks.kit.daemonlog import DaemonLog, one_line
 
 # --- the process tree ------------------------------------------------------------------------
 
@@ -328,31 +287,3 @@ def wait_finished(daemon: Daemon, sessions: set[str], timeout: float, poll: floa
             return rows, time.time()
         time.sleep(poll)
     return rows, None
-
-
-def fmt(value: float | int | None, spec: str) -> str:
-    if value is None:
-        return "-"
-    return format(value, spec)
-
-
-def table(columns: list[str], rows: list[dict[str, Any]], specs: dict[str, str]) -> list[str]:
-    """A plain text table: numbers formatted by ``specs`` (default: str), None as '-'."""
-    cells = [[fmt(r.get(c), specs[c]) if c in specs else str(r.get(c, "-")) for c in columns]
-             for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    head = "  ".join(c.rjust(w) if c in specs else c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    lines = [head, "-" * len(head)]
-    for row in cells:
-        lines.append("  ".join(v.rjust(w) if c in specs else v.ljust(w)
-                               for c, v, w in zip(columns, row, widths, strict=True)))
-    return lines
-
-
-def write_json(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def rounded(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
