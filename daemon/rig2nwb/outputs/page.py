@@ -331,7 +331,9 @@ def check_html(r: dict[str, Any]) -> str:
     if r["validation"] is None:
         return '<span class="muted">-</span>'
     if r["validation_ok"] is None:
-        return '<span class="muted">pending</span>'
+        # Not checked at all (output.check_files = false) is not "pending": nothing will come.
+        shown = "not checked" if str(r["validation"]).startswith("not checked") else "pending"
+        return f'<span class="muted">{shown}</span>'
     css = "good" if r["validation_ok"] else "bad"
     head, _, counts = text.partition(" ")
     plugins = ""
