@@ -104,13 +104,21 @@ def attach(cfg: Config, folder: Path, *, wait_seconds: float = 3600.0,
 
 
 def _attach_here(cfg: Config, run: OneShot, folder: Path, notify: bool) -> AttachResult:
-    engine, ledger = run.engine, run.ledger
+    ledger = run.ledger
     sess = find_session(cfg, ledger, folder)
     early = precheck(cfg, ledger, sess, complete=False)
     if early is not None:
         return early
+    return attach_in(cfg, run, sess, notify=notify, by="rig2nwb attach")
+
+
+def attach_in(cfg: Config, run: OneShot, sess: SessionRow, *, notify: bool,
+              by: str) -> AttachResult:
+    """Attach the session's results in this one-shot run (no daemon), check the file again,
+    and end the run as the daemon would (page, notifications)."""
+    engine, ledger = run.engine, run.ledger
     outcome = None
-    with engine.guard(sess.id, "attaching suite2p results (rig2nwb attach)") as g:
+    with engine.guard(sess.id, f"attaching suite2p results ({by})") as g:
         engine.suite2p.recover(sess)
         outcome = engine.attach_suite2p(sess.id, on_demand=True)
     if g.failed or outcome is None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig2nwb.commands.attach import find_session
+from rig2nwb.commands.attach import attach_in, find_session
 from rig2nwb.config.paths import ledger_path
 from rig2nwb.config.schema import Config
 from rig2nwb.errors import AlreadyRunning, UsageError
@@ -26,8 +26,8 @@ from rig2nwb.ledger.quarantine import quarantine_text
 from rig2nwb.ledger.rows import JobRow
 from rig2nwb.ledger.store import Ledger, open_verified
 from rig2nwb.processing.manager import job_line
-from rig2nwb.service.oneshot import OneShot, after_one_shot, finish_checks, one_shot
-from rig2nwb.states import ACTIVE_JOB_STATES, AttachState, JobState, Problem, Suite2pState
+from rig2nwb.service.oneshot import OneShot, one_shot
+from rig2nwb.states import ACTIVE_JOB_STATES, JobState, Problem, Suite2pState
 
 POLL_SECONDS = 0.5
 SUBMIT_WAIT_POLLS = 2  # the daemon's job thread submits at its next poll
@@ -77,20 +77,12 @@ def _process_here(cfg: Config, run: OneShot, folder: Path, executor: str | None,
                              f" (it goes on; rig2nwb status follows it); log: {job.log}")
     if job.state != JobState.DONE:
         return ProcessResult(False, _ended_text(ledger, job))
-    outcome = None
-    with engine.guard(sess.id, "attaching suite2p results (rig2nwb process)") as g:
-        outcome = engine.attach_suite2p(sess.id, on_demand=True)
-    if g.failed or outcome is None:
-        after_one_shot(cfg, run, notify=False)
-        return ProcessResult(False, quarantine_text(ledger.session_by_id(sess.id)))
-    if outcome.state not in (AttachState.ATTACHED, AttachState.UNCHANGED):
-        after_one_shot(cfg, run, notify=False)
-        return ProcessResult(False, f"the suite2p job ended well, but its results could not be "
-                             f"attached: {outcome.message}")
-    finish_checks(engine)
-    after_one_shot(cfg, run, notify=False)
+    attached = attach_in(cfg, run, sess, notify=False, by="rig2nwb process")
+    if not attached.ok:
+        return ProcessResult(False, "the suite2p job ended well, but its results could not be "
+                             f"attached: {attached.message}")
     return ProcessResult(True, f"suite2p ran ({job.executor} {job.scheduler_id}) and its "
-                         f"results are attached: {outcome.message}")
+                         f"results are attached: {attached.message}")
 
 
 def _ask_daemon(cfg: Config, folder: Path, executor: str | None,

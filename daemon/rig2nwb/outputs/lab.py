@@ -72,11 +72,8 @@ def read_rig(path: Path, now: float | None = None) -> RigView:
     daemon = _daemon(cfg, now)
     view = RigView(path, cfg.rig.name, cfg, daemon)
     try:
-        if not ledger_path(cfg).exists():
-            # Not an error for a rig that has not converted anything yet, unless its state
-            # folder itself cannot be looked into.
-            os.listdir(cfg.state.folder) if cfg.state.folder.exists() else None
-            return view
+        if not ledger_path(cfg).exists():  # raises when the state folder cannot be looked into
+            return view  # a rig that has not converted anything yet
         rows, rig_wide = snapshot(cfg)
     except Exception as exc:  # sqlite3 errors, PermissionError, a share that is gone, ...
         view.error = (f"the ledger in {cfg.state.folder} cannot be read: {_one_line(exc)} "
