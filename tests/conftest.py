@@ -25,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="install (once) and run real suite2p in the job tests; "
                           "RIG2NWB_SUITE2P_PYTHON names a Python that has it already")
     parser.addoption("--crash-trials", type=int, default=None,
-                     help="SIGKILLs in each crash test (default: 20 single-plane, 8 multi-plane)")
+                     help="SIGKILLs in each crash test (default: 10 single-plane, 8 multi-plane)")
     parser.addoption("--figures", default=None,
                      help="append the fault/bad-input/security figures to this JSON-lines file "
                           "(rig2nwb/testing/figures.py; benchmarks/selftest.py reads it)")
