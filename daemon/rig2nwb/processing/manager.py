@@ -17,6 +17,7 @@ never an NWB file: the worker attaches the results once the survey finds them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import threading
 import time
@@ -341,14 +342,20 @@ class JobManager:
             finished=sess.state == SessionState.FINISHED and bool(sess.nwb_created),
             checked=sess.validation is not None or not checks,
             quarantined=sess.quarantined,
-            results_present=False if requested or (
-                sess.state != SessionState.FINISHED) else self.results_present(sess),
+            results_present=False,
             latest=None if latest is None else JobState(latest.state),
             attempts=0 if latest is None else latest.attempt,
             requested=requested,
             timed_out=latest is not None and TIMEOUT_NOTE in (latest.detail or ""),
             before_enabled=self.since is not None and sess.finished_at is not None
             and sess.finished_at < self.since)
+        verdict = launch_verdict(facts, retries=self.run.retries, running=running,
+                                 max_running=self.run.max_running)
+        if verdict is None or requested:
+            return verdict
+        # Existing results only ever hold a job back: looked for (on the share) only now, not
+        # for every archived session at every poll.
+        facts = dataclasses.replace(facts, results_present=self.results_present(sess))
         return launch_verdict(facts, retries=self.run.retries, running=running,
                               max_running=self.run.max_running)
 
