@@ -282,9 +282,12 @@ def describe_compression(ds: Any) -> str:
     filters = dict(ds._filters) if hasattr(ds, "_filters") else {}
     if str(hdf5plugin.Blosc.filter_id) in filters:
         return "blosc"
-    for name in ("gzip", "lzf"):
-        if name in filters:
-            return name
+    if "gzip" in filters:
+        level = filters["gzip"]
+        shuffle = " + shuffle" if "shuffle" in filters else ""
+        return f"gzip {level}{shuffle}" if isinstance(level, int) else f"gzip{shuffle}"
+    if "lzf" in filters:
+        return "lzf"
     return ", ".join(filters) or "none"
 
 
