@@ -190,13 +190,21 @@ def rebuild(ctx: Context, sess: SessionRow, why: str, log: Logger) -> NoReturn:
     """Set the unusable file aside (never deleted) and start the session again from its TIFFs.
     Raises NwbRebuilt: the caller plans the session again from its first file."""
     path = Path(sess.nwb_path)
+    message = f"{path.name}: {why}; rebuilt from the TIFFs"
     if path.exists():
         aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
         os.replace(path, aside)
-        why += f" (kept as {aside.name})"
-    log.error("NWB file unusable; rebuilding it from the TIFFs", reason=why)
-    ctx.report.problem(sess, Problem.NWB_REBUILT, f"{path.name}: {why}; rebuilt from the TIFFs",
-                       "", log)
+        # Damage rig2nwb repairs by itself (a torn write after a crash or power cut): nothing
+        # is lost and nobody has to act, so a warning; the damaged copy is kept for a person
+        # to delete.
+        log.warning("NWB file unusable; rebuilding it from the TIFFs", reason=why,
+                    kept=aside.name)
+        ctx.report.warning(sess, Problem.NWB_REBUILT, f"{path.name}: {why} (kept as "
+                           f"{aside.name}); rebuilt from the TIFFs", "", log)
+    else:
+        # Gone: someone deleted or moved the output, which a person should know as an error.
+        log.error("NWB file missing; rebuilding it from the TIFFs", reason=why)
+        ctx.report.problem(sess, Problem.NWB_REBUILT, message, "", log)
     ctx.ledger.reset_session(sess.id)  # every file with frames goes back to waiting
     s2p = ctx.ledger.suite2p(sess.id)
     if s2p is not None and s2p.state in (Suite2pState.ATTACHED, Suite2pState.STAGED,
