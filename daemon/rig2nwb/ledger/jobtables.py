@@ -35,18 +35,29 @@ class JobTables(LedgerConnection):
             raise KeyError(job_id)
         return row_of(JobRow, rows[0])
 
+    def _have_jobs(self) -> bool:
+        """A ledger from before jobs existed, read by `status` before a daemon upgraded it
+        (read-only: the table cannot be made here), has none."""
+        return bool(self._all("SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs'"))
+
     def jobs(self, session_id: int) -> list[JobRow]:
+        if not self._have_jobs():
+            return []
         return [row_of(JobRow, r)
                 for r in self._all("SELECT * FROM jobs WHERE session_id=? ORDER BY id", session_id)]
 
     def latest_jobs(self) -> dict[int, JobRow]:
         """Each session's latest job."""
+        if not self._have_jobs():
+            return {}
         return self._memo("latest_jobs", lambda: {
             r.session_id: r for r in (row_of(JobRow, x) for x in self._all(
                 "SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY session_id)"))})
 
     def active_jobs(self) -> list[JobRow]:
         """Jobs queued or running, as far as the ledger knows."""
+        if not self._have_jobs():
+            return []
         marks = ", ".join("?" for _ in ACTIVE_JOB_STATES)
         return [row_of(JobRow, r) for r in self._all(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", *sorted(ACTIVE_JOB_STATES))]

@@ -73,11 +73,17 @@ class Ledger(SessionTables, RecordTables, JobTables):
             for (a0, a1, ap), (b0, _b1, bp) in itertools.pairwise(items):
                 if b0 < a1:
                     out.append(f"session {sid}: {ap} (pages {a0}-{a1}) overlaps {bp} (from {b0})")
+        # A ledger from an older rig2nwb, read (read-only) before a daemon upgraded it, may lack
+        # the tables added since: nothing in them to check.
+        have = {str(r[0]) for r in self._all("SELECT name FROM sqlite_master WHERE type='table'")}
         for table in ("suite2p", "series", "crashes", "requests"):
+            if table not in have:
+                continue
             for (owner,) in self._all(f"SELECT session_id FROM {table}"):
                 if owner not in sessions:
                     out.append(f"{table}: a row of session {owner}, which does not exist")
-        for job in (row_of(JobRow, x) for x in self._all("SELECT * FROM jobs ORDER BY id")):
+        for job in (row_of(JobRow, x) for x in (self._all("SELECT * FROM jobs ORDER BY id")
+                                                if "jobs" in have else [])):
             if job.session_id not in sessions:
                 out.append(f"job {job.token}: a job of session {job.session_id}, which does not exist")
             if job.state not in JOB_STATES:
