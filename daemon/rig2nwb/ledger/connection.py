@@ -52,7 +52,9 @@ class LedgerConnection:
                 raise LedgerDamaged(damaged_message(path, lost))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
+            # One transaction: a reader (`rig2nwb status` while the daemon starts) sees every
+            # table or none, never half a schema (executescript alone commits each statement).
+            db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
             for table, columns in ADDED_COLUMNS.items():
                 have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
                 for name, decl in columns:
