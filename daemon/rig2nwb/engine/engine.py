@@ -317,17 +317,12 @@ class Engine:
                 assert not isinstance(problem, TiffInfo)
                 self.appender.fail_file(sess, row, problem, log)
                 return 1
-            case "vanished":
+            case "vanished" | "out_of_order":
                 assert row is not None
-                self.ledger.update_file(row.id, state=FileState.VANISHED, error=action.reason)
-                self.ctx.report.problem(sess, Problem.VANISHED, f"{name}: {action.reason}",
-                                        row.path, log)
-                return 1
-            case "out_of_order":
-                assert row is not None
-                self.ledger.update_file(row.id, state=FileState.OUT_OF_ORDER, error=action.reason)
-                self.ctx.report.problem(sess, Problem.OUT_OF_ORDER, f"{name}: {action.reason}",
-                                        row.path, log)
+                state, code = ((FileState.VANISHED, Problem.VANISHED) if action.kind == "vanished"
+                               else (FileState.OUT_OF_ORDER, Problem.OUT_OF_ORDER))
+                self.ledger.update_file(row.id, state=state, error=action.reason)
+                self.ctx.report.problem(sess, code, f"{name}: {action.reason}", row.path, log)
                 return 1
             case "append":
                 assert row is not None
